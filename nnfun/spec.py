@@ -1,0 +1,98 @@
+"""Plain-data descriptions of layers, losses and regularisers.
+
+Both gradient paths read these: the autodiff path (`nnfun.models`, `nnfun.objective`) and the
+hand-written reference (`nnfun.manual`). This module imports neither, so the two paths stay
+independent while agreeing on what a model *is*.
+
+A model is a tuple of `LayerSpec`s. `LayerSpec.init` holds the keyword arguments only the
+parameter initialiser needs (sizes, initialiser names); `LayerSpec.apply` holds the keyword
+arguments of the forward computation (stride, padding, drop rate, ...), which both
+`nnfun.layers.<name>_apply` and `nnfun.manual.layers.<name>_forward` accept.
+
+Layers that draw random numbers (dropout) take `key` and `train` as well; the model gives layer
+``i`` the key ``jax.random.fold_in(key, i)``, in both paths, so that masks agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+#: Names of layers that take ``key`` and ``train`` keyword arguments.
+STOCHASTIC_LAYERS = frozenset({"dropout"})
+
+
+def _freeze(kwargs: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    items = []
+    for k, v in sorted((kwargs or {}).items()):
+        if isinstance(v, list):
+            v = tuple(v)
+        elif isinstance(v, dict):
+            v = _freeze(v)
+        items.append((k, v))
+    return tuple(items)
+
+
+def _thaw(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {k: v for k, v in items}
+
+
+class LayerSpec(NamedTuple):
+    """One layer of a sequential model.
+
+    Attributes:
+      name: registered layer name, e.g. ``"dense"``, ``"conv2d"``, ``"relu"``.
+      init: frozen keyword arguments of the initialiser (sorted ``(key, value)`` pairs).
+      apply: frozen keyword arguments of the forward computation.
+    """
+
+    name: str
+    init: tuple[tuple[str, Any], ...] = ()
+    apply: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, name: str, init: dict | None = None, apply: dict | None = None) -> LayerSpec:
+        return cls(name, _freeze(init), _freeze(apply))
+
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        return _thaw(self.init)
+
+    @property
+    def apply_kwargs(self) -> dict[str, Any]:
+        return _thaw(self.apply)
+
+    @property
+    def stochastic(self) -> bool:
+        return self.name in STOCHASTIC_LAYERS
+
+
+class LossSpec(NamedTuple):
+    """A loss by name, with its keyword arguments (e.g. ``reduction``, ``margin``)."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, name: str, **kwargs: Any) -> LossSpec:
+        return cls(name, _freeze(kwargs))
+
+
+class RegSpec(NamedTuple):
+    """A regulariser by name, with its keyword arguments (e.g. ``lam``, ``convention``)."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def make(cls, name: str, **kwargs: Any) -> RegSpec:
+        return cls(name, _freeze(kwargs))
+
+
+def is_weight_path(path: tuple[Any, ...]) -> bool:
+    """True when a parameter leaf is a weight (dict key ``"w"``) rather than a bias.
+
+    Regularisers penalise weights only by default, as the lecture notes do.
+    """
+    last = path[-1] if path else None
+    key = getattr(last, "key", last)
+    return key == "w"

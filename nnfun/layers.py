@@ -52,6 +52,14 @@ def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _add_bias(out: Array, params: Params) -> Array:
+    """out + b, with b broadcast explicitly over the leading axes (rank-promotion safe)."""
+    if "b" not in params:
+        return out
+    b = params["b"]
+    return out + b.reshape((1,) * (out.ndim - b.ndim) + b.shape)
+
+
 def _check_padding(padding: str, layer: str) -> str:
     if padding not in ("SAME", "VALID"):
         raise ValueError(f"{layer}: padding must be 'SAME' or 'VALID', got {padding!r}")
@@ -91,8 +99,7 @@ def dense_apply(params: Params, x: Array) -> Array:
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"dense: input x has {x.shape[1]} features (shape {tuple(x.shape)}), "
                          f"but w expects D={w.shape[0]} (w shape {tuple(w.shape)})")
-    out = x @ w
-    return out + params["b"] if "b" in params else out
+    return _add_bias(x @ w, params)
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -132,7 +139,7 @@ def conv2d_apply(params: Params, x: Array, *, stride: int | tuple[int, int] = 1,
     out = jax.lax.conv_general_dilated(
         x, w, _pair(stride, 2, "conv2d stride"), _check_padding(padding, "conv2d"),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return out + params["b"] if "b" in params else out
+    return _add_bias(out, params)
 
 
 def init_conv1d(key: Array, in_channels: int, out_channels: int, kernel_size: int = 3, *,
@@ -157,7 +164,7 @@ def conv1d_apply(params: Params, x: Array, *, stride: int = 1, padding: str = "S
     out = jax.lax.conv_general_dilated(
         x, w, _pair(stride, 1, "conv1d stride"), _check_padding(padding, "conv1d"),
         dimension_numbers=("NWC", "WIO", "NWC"))
-    return out + params["b"] if "b" in params else out
+    return _add_bias(out, params)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -279,7 +286,7 @@ def maxout_apply(params: Params, x: Array) -> Array:
     _check_ndim(x, 2, "maxout", "(N, D)")
     if x.shape[1] != w.shape[0]:
         raise ValueError(f"maxout: input x has {x.shape[1]} features, w expects D={w.shape[0]}")
-    z = jnp.einsum("nd,dmp->nmp", x, w) + params["b"]
+    z = _add_bias(jnp.einsum("nd,dmp->nmp", x, w), params)
     return jnp.max(z, axis=-1)
 
 

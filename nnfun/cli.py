@@ -1,0 +1,144 @@
+"""The `nnfun` command: train, resume, eval, plot, gradcheck and info.
+
+A user's mistake (a bad config key or value, a missing file, data that does not fit the model)
+prints one line to stderr and exits with status 2; a failed gradient check or a diverged run
+exits with 1; an interrupted run exits with 130 after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnfun", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a TOML config",
+                       description="Train from a config; writes runs/<config>/<timestamp>/.")
+    t.add_argument("config", help="path to a TOML config, e.g. configs/digits_mlp.toml")
+    t.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--out", help="run folder (default: runs/<config name>/<timestamp>)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a run's best checkpoint on val and test data")
+    e.add_argument("run_dir")
+    e.add_argument("--which", choices=("best", "latest"), default="best")
+
+    pl = sub.add_parser("plot", help="(re)draw a run's PNG plots from metrics.jsonl")
+    pl.add_argument("run_dir")
+
+    g = sub.add_parser("gradcheck", help="compare autodiff, manual and finite-difference "
+                       "gradients on a config's model, loss and a batch of its data")
+    g.add_argument("config")
+    g.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE")
+    g.add_argument("--batch", type=int, default=8, help="examples in the checked batch")
+    g.add_argument("--tol", type=float, default=1e-6, help="relative tolerance")
+    g.add_argument("--max-coords", type=int, default=512,
+                   help="finite differences on all coordinates up to this many per leaf, "
+                        "a random sample beyond")
+
+    sub.add_parser("info", help="JAX version, backend, processes and devices")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nnfun.config import load_config
+    from nnfun.run import default_run_dir, train_run
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    summary = train_run(config, run_dir, quiet=args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from nnfun.run import resume_run
+
+    print(json.dumps(resume_run(args.run_dir, quiet=args.quiet), indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nnfun.run import eval_run
+
+    print(json.dumps(eval_run(args.run_dir, which=args.which), indent=2))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from nnfun.plots import plot_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'}: not found; is {run_dir} a run "
+                                f"folder made by 'nnfun train'?")
+    for path in plot_run(run_dir):
+        print(path)
+    return 0
+
+
+def _gradcheck(args: argparse.Namespace) -> int:
+    from nnfun.gradcheck import check_config
+
+    report = check_config(args.config, args.overrides, batch=args.batch, tol=args.tol,
+                          max_coords=args.max_coords)
+    print(report)
+    return 0 if report.passed else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    import jax
+
+    import nnfun
+
+    print(f"nnfun {nnfun.__version__}")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}")
+    print(f"processes {jax.process_count()} (this is process {jax.process_index()})")
+    print(f"global devices {jax.device_count()}: "
+          + ", ".join(str(d) for d in jax.devices()))
+    print(f"local devices {jax.local_device_count()}: "
+          + ", ".join(str(d) for d in jax.local_devices()))
+    return 0
+
+
+COMMANDS = {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot,
+            "gradcheck": _gradcheck, "info": _info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nnfun` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from nnfun.config import ConfigError
+    from nnfun.data import DataError
+    from nnfun.run import RunError, UserError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, UserError, DataError, FileNotFoundError) as e:
+        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else \
+            f"{e.filename}: {e.strerror or e}"
+        print(f"nnfun: error: {msg}".splitlines()[0], file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RunError as e:
+        print(f"nnfun: run stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

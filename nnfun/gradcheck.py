@@ -1,0 +1,204 @@
+"""Gradient verification: jax.grad, the hand-written reference and finite differences.
+
+`check_gradients` computes the gradient of a model's objective three ways, in float64 and with
+the matmul precision set to "highest" (so TF32 on a GPU cannot pass for a bug):
+
+1. autodiff: `jax.value_and_grad` of `nnfun.objective.make_objective`;
+2. manual: `nnfun.manual.model.value_and_grad`;
+3. central finite differences (f(t + h) - f(t - h)) / 2h on every coordinate of a leaf with at
+   most `max_coords` entries and on a random sample of `max_coords` coordinates of a larger one,
+   optionally also along `num_directions` random unit directions per leaf.
+
+Each parameter leaf gets a row: the max absolute and relative error of manual vs autodiff and
+of both vs finite differences, and pass / fail at the stated tolerances. The relative error of
+two arrays a, b on the compared entries is max |a - b| / max(max |a|, max |b|).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnfun.manual.model import value_and_grad as manual_value_and_grad
+from nnfun.objective import make_objective
+from nnfun.spec import LayerSpec, LossSpec, RegSpec
+
+Array = jax.Array
+
+
+class LeafReport(NamedTuple):
+    """One parameter leaf's comparison (errors are max over the compared entries)."""
+
+    path: str
+    shape: tuple[int, ...]
+    abs_manual: float
+    rel_manual: float
+    abs_fd: float
+    rel_fd: float
+    coords_checked: int
+    rel_directional: float | None
+    passed: bool
+
+
+class GradcheckReport(NamedTuple):
+    """All leaves of one check, with the tolerances used and the objective's value."""
+
+    leaves: tuple[LeafReport, ...]
+    value_autodiff: float
+    value_manual: float
+    tol_manual: float
+    tol_fd: float
+
+    @property
+    def passed(self) -> bool:
+        values_agree = abs(self.value_autodiff - self.value_manual) <= self.tol_manual * max(
+            1.0, abs(self.value_autodiff))
+        return values_agree and all(leaf.passed for leaf in self.leaves)
+
+    def __str__(self) -> str:
+        head = (f"{'parameter':<14}{'shape':<16}{'manual abs':>12}{'manual rel':>12}"
+                f"{'fd abs':>12}{'fd rel':>12}{'coords':>8}{'dir rel':>10}  result")
+        rows = [head, "-" * len(head)]
+        for r in self.leaves:
+            d = f"{r.rel_directional:10.2e}" if r.rel_directional is not None else f"{'-':>10}"
+            rows.append(f"{r.path:<14}{str(r.shape):<16}{r.abs_manual:12.2e}{r.rel_manual:12.2e}"
+                        f"{r.abs_fd:12.2e}{r.rel_fd:12.2e}{r.coords_checked:8d}{d}  "
+                        f"{'ok' if r.passed else 'FAIL'}")
+        rows.append(f"objective: autodiff {self.value_autodiff:.12g}, manual "
+                    f"{self.value_manual:.12g}")
+        rows.append(f"tolerances: manual vs autodiff rel <= {self.tol_manual:g}, finite "
+                    f"differences rel <= {self.tol_fd:g}: {'PASSED' if self.passed else 'FAILED'}")
+        return "\n".join(rows)
+
+
+def relative_error(a: Any, b: Any) -> tuple[float, float]:
+    """(max |a - b|, max |a - b| / max(max |a|, max |b|)); the latter 0 when both are zero."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    err = float(np.max(np.abs(a - b)))
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    return err, (err / scale if scale > 0 else 0.0)
+
+
+def _to64(tree: Any) -> Any:
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float64)
+                        if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating) else v, tree)
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def _finite_differences(f: Any, params: Any, leaf_index: int, coords: np.ndarray,
+                        h: float) -> np.ndarray:
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    shape = leaves[leaf_index].shape
+
+    def at(c: Array, sign: float) -> Array:
+        flat = leaves[leaf_index].ravel().at[c].add(sign * h)
+        new = list(leaves)
+        new[leaf_index] = flat.reshape(shape)
+        return f(jax.tree_util.tree_unflatten(treedef, new))
+
+    both = jax.jit(jax.vmap(lambda c: (at(c, 1.0) - at(c, -1.0)) / (2 * h)))
+    return np.asarray(both(jnp.asarray(coords)))
+
+
+def _directional(f: Any, params: Any, leaf_index: int, grad_leaf: Array, key: Array,
+                 num: int, h: float) -> float:
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    vs = jax.random.normal(key, (num, *grad_leaf.shape), jnp.float64)
+    vs = vs / jnp.linalg.norm(vs.reshape(num, -1), axis=1).reshape((num,) + (1,) * grad_leaf.ndim)
+
+    def fd(v: Array) -> Array:
+        def shifted(s: float) -> Array:
+            new = list(leaves)
+            new[leaf_index] = leaves[leaf_index] + s * h * v
+            return f(jax.tree_util.tree_unflatten(treedef, new))
+        return (shifted(1.0) - shifted(-1.0)) / (2 * h)
+
+    numeric = np.asarray(jax.jit(jax.vmap(fd))(vs))
+    analytic = np.asarray(jnp.tensordot(vs, grad_leaf, axes=grad_leaf.ndim))
+    return relative_error(analytic, numeric)[1]
+
+
+def check_gradients(layers: Sequence[LayerSpec], loss: LossSpec, params: Any, x: Array,
+                    y: Array, *, regularizers: Sequence[RegSpec] = (), key: Array | None = None,
+                    tol_manual: float = 1e-10, tol_fd: float = 1e-6, max_coords: int = 512,
+                    num_directions: int = 0, h: float = 1e-6, seed: int = 0) -> GradcheckReport:
+    """Compares autodiff, manual and finite-difference gradients of the objective.
+
+    Args:
+      layers, loss, regularizers: the model and objective (see `nnfun.objective`).
+      params: parameters (cast to float64 for the check).
+      x, y: a batch; float inputs are cast to float64.
+      key: the dropout key (the same mask is used by every evaluation).
+      tol_manual: relative tolerance of manual vs autodiff.
+      tol_fd: relative tolerance of both vs finite differences.
+      max_coords: per leaf, all coordinates up to this size, else a random sample of this many.
+      num_directions: random directional-derivative checks per leaf (0 = none).
+      h: the finite-difference step.
+
+    Returns:
+      A `GradcheckReport`; ``str(report)`` is a readable table.
+    """
+    with jax.enable_x64(True), jax.default_matmul_precision("highest"):
+        params, x, y = _to64(params), _to64(x), _to64(y)
+        objective = make_objective(layers, loss, regularizers)
+        value_a, grads_a = jax.jit(jax.value_and_grad(objective))(params, x, y, key)
+        value_m, grads_m = jax.jit(manual_value_and_grad(tuple(layers), loss,
+                                                         tuple(regularizers)))(params, x, y, key)
+        f = lambda p: objective(p, x, y, key)  # noqa: E731
+        rng = np.random.default_rng(seed)
+        paths = jax.tree_util.tree_flatten_with_path(params)[0]
+        ga, gm = jax.tree_util.tree_leaves(grads_a), jax.tree_util.tree_leaves(grads_m)
+        rows = []
+        for i, ((path, leaf), a, m) in enumerate(zip(paths, ga, gm)):
+            coords = (np.arange(leaf.size) if leaf.size <= max_coords
+                      else rng.choice(leaf.size, max_coords, replace=False))
+            numeric = _finite_differences(f, params, i, coords, h)
+            abs_m, rel_m = relative_error(a, m)
+            abs_fa, rel_fa = relative_error(np.asarray(a).ravel()[coords], numeric)
+            abs_fm, rel_fm = relative_error(np.asarray(m).ravel()[coords], numeric)
+            rel_d = (_directional(f, params, i, a, jax.random.PRNGKey(seed + i), num_directions,
+                                  h) if num_directions else None)
+            rel_fd = max(rel_fa, rel_fm)
+            ok = rel_m <= tol_manual and rel_fd <= tol_fd and (rel_d is None or rel_d <= tol_fd)
+            rows.append(LeafReport(_path_name(path), tuple(leaf.shape), abs_m, rel_m,
+                                   max(abs_fa, abs_fm), rel_fd, len(coords), rel_d, ok))
+        return GradcheckReport(tuple(rows), float(value_a), float(value_m), tol_manual, tol_fd)
+
+
+def check_config(path: str, overrides: Sequence[str] = (), *, batch: int = 8,
+                 tol: float = 1e-6, max_coords: int = 512) -> GradcheckReport:
+    """Runs `check_gradients` on a config's model, loss, regularisers and `batch` training
+    examples (preprocessed as the config says), with parameters initialised from its seed."""
+    from nnfun.config import build_model, load_config
+    from nnfun.run import check_fit, load_data, loss_and_regs
+    from nnfun.train import dropout_key, init_train_state, make_targets
+
+    config = load_config(path, overrides)
+    ds, _ = load_data(config)
+    model = build_model(config.model)
+    loss, regs = loss_and_regs(config)
+    with jax.enable_x64(True):
+        state = init_train_state(config.training.seed, model.layers, ds.input_shape,
+                                 _NoOptimizer(), jnp.float64)
+        width = check_fit(config, model, state.params, ds)
+        x = jnp.asarray(ds.x_train[:batch], jnp.float64)
+        y = make_targets(loss.name, jnp.asarray(ds.y_train[:batch]), width, ds.num_classes)
+        return check_gradients(model.layers, loss, state.params, x, y, regularizers=regs,
+                               key=dropout_key(state), tol_fd=tol, max_coords=max_coords,
+                               seed=config.training.seed)
+
+
+class _NoOptimizer:
+    """Stands in for an optimiser when only parameters are needed."""
+
+    def init(self, params: Any) -> tuple[()]:
+        return ()

@@ -13,8 +13,10 @@ and what was found. Command-line overrides ``--set section.key=value`` go throug
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -118,13 +120,36 @@ _SUPPLIED = {"loss": {"pred", "target", "logits", "targets", "probs", "labels", 
              "optimizer": set(), "schedule": set(), "model": set()}
 
 
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _plain_hint(hint: Any) -> Any:
+    """The part of a type hint a TOML value can satisfy (arrays, callables and other
+    non-TOML alternatives dropped); None when nothing is left to check."""
+    if hint in _PLAIN:
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        # a TOML value is never an array or a callable: check against the other alternatives
+        kept = [a for a in (_plain_hint(a) for a in args) if a is not None]
+        return typing.Union[tuple(kept)] if kept else None
+    if origin in (list, tuple, dict, collections.abc.Sequence, collections.abc.Mapping):
+        return hint
+    return None
+
+
 def _type_ok(hint: Any, value: Any) -> bool:
+    hint = _plain_hint(hint)
+    if hint is None:
+        return True
+    if isinstance(value, dict) and all(isinstance(k, str) and k.isdigit() for k in value):
+        value = {int(k): v for k, v in value.items()}  # TOML keys are strings
     try:
         pydantic.TypeAdapter(hint).validate_python(value, strict=True)
         return True
     except pydantic.ValidationError:
         return False
-    except Exception:  # a hint pydantic cannot check (callables, arrays): accept
+    except pydantic.PydanticSchemaGenerationError:
         return True
 
 

@@ -77,7 +77,8 @@ def layer_names(layers: Sequence[LayerSpec]) -> list[str]:
 
 def layer_grad_norms(layers: Sequence[LayerSpec], grads: Sequence[Any]) -> Array:
     """The L2 norm of each parameterised layer's gradient, in `layer_names` order."""
-    norms = [optax.global_norm(g) for s, g in zip(layers, grads) if s.init]
+    norms = [jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(g)))
+             for s, g in zip(layers, grads) if s.init]
     return jnp.stack(norms) if norms else jnp.zeros((0,))
 
 

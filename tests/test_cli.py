@@ -1,0 +1,108 @@
+"""The `nnfun` command end to end, and every bad-input case: one line, exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnfun.cli import main
+
+ROOT = Path(__file__).parents[1]
+XOR = str(ROOT / "configs" / "xor.toml")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnfun.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_end_to_end_shrunk_config_through_the_real_cli(tmp_path):
+    run = tmp_path / "run"
+    p = _cli("train", XOR, "--set", "training.epochs=60", "--set", "training.eval_every=20",
+             "--out", str(run), "-q")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["steps"] == 60 and "test_accuracy" in summary
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((run / "config.json").read_text())["training"]["epochs"] == 60
+    assert (run / "checkpoints").is_dir() and (run / "plots" / "loss.png").is_file()
+    p = _cli("eval", str(run))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["step"] == 60
+    assert (run / "eval.json").is_file()
+
+
+def test_plot_info_and_help(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", XOR, "--set", "training.epochs=10", "--out", str(run), "-q"]) == 0
+    (run / "plots" / "loss.png").unlink()
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "loss.png").is_file()
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backend cpu" in out and "devices" in out
+    for cmd in ("train", "resume", "eval", "plot", "gradcheck", "info"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+
+
+def test_gradcheck_command(capsys):
+    spirals = str(ROOT / "configs" / "spirals_manual.toml")
+    assert main(["gradcheck", spirals, "--set", "data.points_per_class=50", "--batch", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "0.w" in out
+    # an impossible tolerance must fail the check: the command can say no
+    assert main(["gradcheck", spirals, "--set", "data.points_per_class=50", "--tol", "0"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def _bad(tmp_path, text: str) -> Path:
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    return p
+
+
+def _assert_user_error(capsys, argv, *parts):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    text = Path(XOR).read_text()
+    _assert_user_error(capsys, ["train", str(tmp_path / "missing.toml")], "missing.toml",
+                       "not found")
+    bad = _bad(tmp_path, text.replace("momentum = 0.9", "momentom = 0.9"))
+    _assert_user_error(capsys, ["train", str(bad)], "bad.toml", "optimizer.momentom",
+                       "momentum")
+    bad = _bad(tmp_path, text.replace("epochs = 300", "epochs = 3.5"))
+    _assert_user_error(capsys, ["train", str(bad)], "training.epochs", "3.5")
+    _assert_user_error(capsys, ["train", XOR, "--set", "training.batch_size=9"],
+                       "training.batch_size", "9")
+    _assert_user_error(capsys, ["train", XOR, "--set", "optimizer.learning_rat=1"],
+                       "optimizer.learning_rat")
+    # data whose shape does not fit the model
+    cnn = text.replace('name = "mlp"\nhidden = [4]\nout = 1\nactivation = "tanh"',
+                       'name = "cnn"\nconv = [4]\ndense = []\nout = 1')
+    _assert_user_error(capsys, ["train", str(_bad(tmp_path, cnn)), "--out",
+                                str(tmp_path / "r1")], "model", "input shape")
+    wide = text.replace("out = 1", "out = 5")
+    _assert_user_error(capsys, ["train", str(_bad(tmp_path, wide)), "--out",
+                                str(tmp_path / "r2")], "5 outputs", "2 classes")
+    mnist = str(ROOT / "configs" / "mnist.toml")
+    _assert_user_error(capsys, ["train", mnist, "--set", f"data.root={tmp_path / 'nowhere'}",
+                                "--out", str(tmp_path / "r3")], "nowhere")
+    for cmd in ("eval", "resume", "plot"):
+        _assert_user_error(capsys, [cmd, str(tmp_path / "not_a_run")], "not_a_run")

@@ -1,0 +1,117 @@
+"""Sliding-window machinery shared by convolution and pooling: geometry, im2col and col2im.
+
+Everything is 2-D on NHWC arrays; the 1-D layers insert a unit height. A window of size
+(KH, KW) with stride (SH, SW) visits the padded input at offsets (oh * SH + i, ow * SW + j).
+
+- `patches` (im2col) gathers the KH * KW strided slices of the padded input into
+  (N, OH, OW, KH * KW, C): slot ``i * KW + j`` holds the window element at offset (i, j).
+- `fold` (col2im) is its adjoint: it scatter-adds (N, OH, OW, KH * KW, C) back onto the padded
+  input (overlapping windows accumulate) and crops the padding, giving (N, H, W, C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnfun.manual._checks import check_choice
+
+Array = jax.Array
+PADDINGS = ("SAME", "VALID")
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Static geometry of a 2-D sliding window over an (N, H, W, C) input.
+
+    Attributes:
+      in_hw: (H, W), the unpadded input size.
+      kernel: (KH, KW).
+      stride: (SH, SW).
+      pads: ((top, bottom), (left, right)) padding.
+      out_hw: (OH, OW).
+    """
+
+    in_hw: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    out_hw: tuple[int, int]
+
+
+def _pads_1d(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
+    """(lo, hi) padding of one dimension, as XLA: SAME pads to out = ceil(size / stride)."""
+    if padding == "VALID":
+        return 0, 0
+    total = max((-(-size // stride) - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def make_window(layer: str, in_hw: tuple[int, int], kernel: tuple[int, int],
+                stride: tuple[int, int], padding: str) -> Window:
+    """The geometry of `kernel` sliding over `in_hw`; ValueError if no window fits."""
+    check_choice(layer, "padding", padding, PADDINGS)
+    pads = tuple(_pads_1d(n, k, s, padding) for n, k, s in zip(in_hw, kernel, stride))
+    out = tuple((n + lo + hi - k) // s + 1
+                for n, (lo, hi), k, s in zip(in_hw, pads, kernel, stride))
+    if min(out) < 1:
+        raise ValueError(f"{layer}: window {tuple(kernel)} does not fit the input's spatial size "
+                         f"{tuple(in_hw)} with padding {padding!r}")
+    return Window(tuple(in_hw), tuple(kernel), tuple(stride), pads, out)
+
+
+def _offset_slices(g: Window, i: int, j: int) -> tuple[slice, ...]:
+    """Index of the (N, OH, OW, C) strided view of window element (i, j) in the padded input."""
+    (oh, ow), (sh, sw) = g.out_hw, g.stride
+    return (slice(None), slice(i, i + (oh - 1) * sh + 1, sh),
+            slice(j, j + (ow - 1) * sw + 1, sw), slice(None))
+
+
+def _offsets(g: Window) -> list[tuple[int, int]]:
+    return list(itertools.product(range(g.kernel[0]), range(g.kernel[1])))
+
+
+def patches(x: Array, g: Window, fill: float = 0.0) -> Array:
+    """im2col: pads x (N, H, W, C) with `fill`, returns (N, OH, OW, KH * KW, C)."""
+    xp = jnp.pad(x, ((0, 0), *g.pads, (0, 0)), constant_values=fill)
+    return jnp.stack([xp[_offset_slices(g, i, j)] for i, j in _offsets(g)], axis=3)
+
+
+def fold(dpatches: Array, g: Window) -> Array:
+    """col2im: scatter-adds dpatches (N, OH, OW, KH * KW, C) onto the padded input, then crops
+    the padding; returns (N, H, W, C). The adjoint of `patches`."""
+    n, c = dpatches.shape[0], dpatches.shape[-1]
+    padded_hw = [size + lo + hi for size, (lo, hi) in zip(g.in_hw, g.pads)]
+    dxp = jnp.zeros((n, *padded_hw, c), dpatches.dtype)
+    for slot, (i, j) in enumerate(_offsets(g)):
+        dxp = dxp.at[_offset_slices(g, i, j)].add(dpatches[:, :, :, slot, :])
+    (top, _), (left, _) = g.pads
+    return dxp[:, top:top + g.in_hw[0], left:left + g.in_hw[1], :]
+
+
+def real_counts(g: Window) -> np.ndarray:
+    """(OH, OW) number of non-padding input elements in each window (a static constant)."""
+    per_dim = []
+    for size, k, s, (lo, _), out in zip(g.in_hw, g.kernel, g.stride, g.pads, g.out_hw):
+        start = np.arange(out) * s - lo
+        per_dim.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    return np.outer(*per_dim)
+
+
+def max_and_share(z: Array, axis: int) -> tuple[Array, Array]:
+    """Max of z over `axis`, and each element's share of the max's gradient.
+
+    The share is 1 / (number of ties) on every element equal to the max and 0 elsewhere, so
+    dz = share * dout splits dout equally among tied maxima (the rule of a max reduction).
+
+    Returns:
+      (max with `axis` removed, share of z's shape).
+    """
+    zmax = jnp.max(z, axis=axis)
+    hit = (z == jnp.expand_dims(zmax, axis)).astype(z.dtype)
+    return zmax, hit / jnp.sum(hit, axis=axis, keepdims=True)

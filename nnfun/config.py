@@ -14,7 +14,9 @@ and what was found. Command-line overrides ``--set section.key=value`` go throug
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
+import operator
 import tomllib
 import types
 import typing
@@ -132,7 +134,7 @@ def _plain_hint(hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         # a TOML value is never an array or a callable: check against the other alternatives
         kept = [a for a in (_plain_hint(a) for a in args) if a is not None]
-        return typing.Union[tuple(kept)] if kept else None
+        return functools.reduce(operator.or_, kept) if kept else None
     if origin in (list, tuple, dict, collections.abc.Sequence, collections.abc.Mapping):
         return hint
     return None

@@ -67,7 +67,7 @@ class GradcheckReport(NamedTuple):
         rows = [head, "-" * len(head)]
         for r in self.leaves:
             d = f"{r.rel_directional:10.2e}" if r.rel_directional is not None else f"{'-':>10}"
-            rows.append(f"{r.path:<14}{str(r.shape):<16}{r.abs_manual:12.2e}{r.rel_manual:12.2e}"
+            rows.append(f"{r.path:<14}{r.shape!s:<16}{r.abs_manual:12.2e}{r.rel_manual:12.2e}"
                         f"{r.abs_fd:12.2e}{r.rel_fd:12.2e}{r.coords_checked:8d}{d}  "
                         f"{'ok' if r.passed else 'FAIL'}")
         rows.append(f"objective: autodiff {self.value_autodiff:.12g}, manual "

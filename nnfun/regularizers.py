@@ -48,8 +48,10 @@ def l2(params: Any, *, lam: float, convention: str = "sum", include_biases: bool
 
 def l1(params: Any, *, lam: float, include_biases: bool = False,
        batch_size: int | None = None) -> Array:
-    """L1 penalty lam * sum |w| (`batch_size` is accepted and unused, for a uniform call)."""
-    return lam * sum((jnp.sum(jnp.abs(w)) for w in _penalised(params, include_biases)),
+    """L1 penalty lam * sum |w|; its gradient is lam * sign(w), 0 at w = 0 (`batch_size` is
+    accepted and unused, for a uniform call)."""
+    # |w| written as w * sign(w): its derivative is sign(w), 0 at w = 0 (jnp.abs gives 1 there)
+    return lam * sum((jnp.sum(w * jnp.sign(w)) for w in _penalised(params, include_biases)),
                      jnp.zeros(()))
 
 

@@ -131,7 +131,8 @@ def test_regularizer_list_and_index_override(tmp_path):
 
 
 def test_schedule_and_learning_rate_are_exclusive(tmp_path):
-    text = BASE + '\n[schedule]\nname = "cosine_decay_schedule"\ninit_value = 0.1\ndecay_steps = 5\n'
+    text = BASE + ('\n[schedule]\nname = "cosine_decay_schedule"\ninit_value = 0.1\n'
+                   'decay_steps = 5\n')
     with pytest.raises(ConfigError, match="together with"):
         load_config(_write(tmp_path, text))
     cfg = load_config(_write(tmp_path, text.replace("learning_rate = 0.5", "")))

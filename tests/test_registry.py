@@ -69,7 +69,7 @@ def test_layer_three_ways(entry, example, maybe_jit):
             assert a.shape == m.shape
             assert relative_error(a, m)[1] <= TOL_MANUAL
 
-        f_x = lambda v: jnp.sum(apply(params, v) * cot)  # noqa: E731
+        f_x = lambda v: jnp.sum(apply(params, v) * cot)
         _fd_check(f_x, x, lambda v: jnp.sum(dx_m * v), jax.random.fold_in(key, 5))
         for name in params:
             def f_p(v, name=name):
@@ -118,12 +118,13 @@ def test_regularizer_three_ways(name, maybe_jit):
         key = jax.random.PRNGKey(5)
         params = [{"w": jax.random.normal(key, (3, 4), jnp.float64),
                    "b": jax.random.normal(jax.random.fold_in(key, 1), (4,), jnp.float64)}, {},
-                  {"w": jax.random.normal(jax.random.fold_in(key, 2), (2, 2, 1, 3), jnp.float64)}]
+                  {"w": jax.random.normal(jax.random.fold_in(key, 2), (2, 2, 1, 3), jnp.float64)},
+                  {"w": jnp.zeros((2, 2), jnp.float64)}]  # a kink of L1 at exactly 0
         for kw in entry.kwargs:
-            value = maybe_jit(lambda p: entry.fn(p, **kw))(params)
-            value_m, cache = maybe_jit(lambda p: entry.forward(p, **kw))(params)
+            value = maybe_jit(lambda p, kw=kw: entry.fn(p, **kw))(params)
+            value_m, cache = maybe_jit(lambda p, kw=kw: entry.forward(p, **kw))(params)
             assert relative_error(value, value_m)[1] <= TOL_MANUAL
-            grads_a = jax.grad(lambda p: 2.0 * entry.fn(p, **kw))(params)
+            grads_a = jax.grad(lambda p, kw=kw: 2.0 * entry.fn(p, **kw))(params)
             grads_m = maybe_jit(entry.backward)(jnp.asarray(2.0, jnp.float64), cache)
             assert jax.tree.structure(grads_m) == jax.tree.structure(params)
             for a, m in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_m)):

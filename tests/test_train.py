@@ -172,8 +172,7 @@ def test_schedule_from_config_equals_closed_form(tmp_path, section, steps):
     path = tmp_path / "s.toml"
     path.write_text(text)
     cfg = load_config(path)
-    spe = 1 if section.get("unit") != "epoch" else 1
-    schedule = build_schedule(cfg, spe)
+    schedule = build_schedule(cfg, 1)  # one step per epoch: epoch units equal step units
     a0, name = 0.1, section["name"]
     for t in range(steps):
         if name == "piecewise_constant_schedule":

@@ -106,3 +106,25 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
                                 "--out", str(tmp_path / "r3")], "nowhere")
     for cmd in ("eval", "resume", "plot"):
         _assert_user_error(capsys, [cmd, str(tmp_path / "not_a_run")], "not_a_run")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    spirals = str(ROOT / "configs" / "spirals_autodiff.toml")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnfun.cli", "train", spirals, "--out", str(run), "-q",
+         "--set", "training.epochs=100000", "--set", "training.eval_every=1",
+         "--set", "training.batch_size=32", "--set", "training.dispatch=loop"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"nnfun resume {run}" in err
+    assert any((run / "checkpoints").iterdir())

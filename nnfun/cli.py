@@ -104,7 +104,10 @@ def _info(args: argparse.Namespace) -> int:
     import jax
 
     import nnfun
+    from nnfun.config import DistributedConfig
+    from nnfun.distributed import initialize
 
+    initialize(DistributedConfig(enabled=True), where="info")  # joins a detected cluster (srun)
     print(f"nnfun {nnfun.__version__}")
     print(f"jax {jax.__version__}, backend {jax.default_backend()}")
     print(f"processes {jax.process_count()} (this is process {jax.process_index()})")

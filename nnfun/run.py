@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnfun import data as data_lib
-from nnfun import optim, preprocessing, train
+from nnfun import distributed, optim, preprocessing, train
 from nnfun.checkpoint import CheckpointStore
 from nnfun.config import Config, ConfigError, build_model, config_from_resolved
 from nnfun.spec import LossSpec, RegSpec
@@ -191,7 +191,8 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
       RunError: a non-finite loss (exit status 1).
       KeyboardInterrupt: after saving a checkpoint, when the run was interrupted.
     """
-    run_dir = Path(run_dir)
+    distributed.initialize(config.distributed, where=config.source)
+    run_dir = distributed.agree_on_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with precision(config.training.dtype):
         return _train(config, run_dir, quiet=quiet, resume=resume,
@@ -205,8 +206,9 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     from nnfun.plots import plot_run
 
     tc = config.training
+    lead = distributed.is_lead()
     prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz") if resume else None
-    ds, _ = load_data(config, run_dir, prep)
+    ds, _ = load_data(config, run_dir if lead else None, prep)
     dtype = jnp.float64 if tc.dtype == "float64" else jnp.float32
     bs, spe = steps_per_epoch(config, ds.x_train.shape[0])
     opt, lr_at = build_optimizer(config, spe)
@@ -217,7 +219,11 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     to_dev = lambda a: jnp.asarray(a, dtype) if a.dtype.kind == "f" else jnp.asarray(a)  # noqa: E731
     y_train = train.make_targets(loss.name, jnp.asarray(ds.y_train), width, ds.num_classes)
     x_train, y_train = to_dev(ds.x_train), to_dev(np.asarray(y_train))
-    if not resume:
+    place = distributed.make_placement(config.distributed.enabled, config.distributed.mesh, bs,
+                                       config.source, configured_batch_size=tc.batch_size)
+    state = place.put_state(state)
+    x_train, y_train = place.put_examples(x_train), place.put_examples(y_train)
+    if not resume and lead:
         (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
         (run_dir / "metrics.jsonl").write_text("")
 
@@ -229,7 +235,8 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     start_step = int(state.step)
     start_epoch, offset = divmod(start_step, spe)
 
-    body = train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine)
+    body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine),
+                      state)
     dispatch = train.choose_dispatch(model.layers, tc.dispatch)
     run_epoch = train.make_epoch_fn(body, bs) if dispatch == "scan" else None
     run_step = train.make_indexed_step(body) if dispatch == "loop" else None
@@ -253,12 +260,13 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
                "grad_norms": dict(zip(names, np.mean(np.concatenate(gnorms), 0).tolist())),
                **extra}
         rec.pop("train_per_class_accuracy", None)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if lead:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
         return rec
 
-    bar = tqdm(total=tc.epochs, initial=start_epoch, disable=quiet, file=out, unit="epoch",
-               desc=config.name, dynamic_ncols=True)
+    bar = tqdm(total=tc.epochs, initial=start_epoch, disable=quiet or not lead, file=out,
+               unit="epoch", desc=config.name, dynamic_ncols=True)
     interrupted = False
     with _StopFlag() as stop:
         losses: list = []
@@ -323,7 +331,8 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     summary = finish(config, run_dir, state.params, model, evaluate, ds, to_dev, last_record,
                      time.perf_counter() - t0, dispatch)
     store.close()
-    plot_run(run_dir)
+    if lead:
+        plot_run(run_dir)
     return summary
 
 
@@ -345,7 +354,8 @@ def finish(config: Config, run_dir: Path, params: Any, model: Any, evaluate: Cal
     if target is not None and "test_accuracy" in summary:
         summary["target_accuracy"] = target
         summary["reached_target"] = summary["test_accuracy"] >= target
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if distributed.is_lead():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

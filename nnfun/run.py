@@ -123,6 +123,17 @@ def loss_and_regs(config: Config) -> tuple[LossSpec, tuple[RegSpec, ...]]:
     return LossSpec.make(config.loss["name"], **config.kwargs("loss")), regs
 
 
+def init_state(config: Config, model: Any, ds: data_lib.Dataset, opt: Any,
+               dtype: Any) -> train.TrainState:
+    """The initial train state; a one-line `UserError` when the data's shape does not fit."""
+    try:
+        return train.init_train_state(config.training.seed, model.layers, ds.input_shape, opt,
+                                      dtype)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{config.source}: model: does not fit data {ds.name!r} with input "
+                        f"shape {tuple(ds.input_shape)}: {e}") from None
+
+
 def check_fit(config: Config, model: Any, params: Any, ds: data_lib.Dataset) -> int:
     """The model's output width; a one-line `UserError` when model and data do not fit."""
     try:
@@ -162,7 +173,7 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 
@@ -214,7 +225,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     opt, lr_at = build_optimizer(config, spe)
     model = build_model(config.model)
     loss, regs = loss_and_regs(config)
-    state = train.init_train_state(tc.seed, model.layers, ds.input_shape, opt, dtype)
+    state = init_state(config, model, ds, opt, dtype)
     width = check_fit(config, model, state.params, ds)
     to_dev = lambda a: jnp.asarray(a, dtype) if a.dtype.kind == "f" else jnp.asarray(a)  # noqa: E731
     y_train = train.make_targets(loss.name, jnp.asarray(ds.y_train), width, ds.num_classes)
@@ -394,8 +405,7 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
         opt, _ = build_optimizer(config, spe)
         model = build_model(config.model)
         loss, _ = loss_and_regs(config)
-        template = train.init_train_state(config.training.seed, model.layers, ds.input_shape,
-                                          opt, dtype)
+        template = init_state(config, model, ds, opt, dtype)
         with CheckpointStore(run_dir / "checkpoints") as store:
             step = store.best_step() if which == "best" else None
             if store.latest_step() is None:

@@ -61,7 +61,10 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     summary = train_run(config, run_dir, quiet=args.quiet)
-    print(json.dumps(summary, indent=2))
+    from nnfun.distributed import is_lead
+
+    if is_lead():  # one summary per run, not one per process
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -10,6 +10,11 @@ Contract, shared with the hand-written reference `nnfun.manual.layers`:
 - hyperparameters are keyword-only;
 - every activation of `nnfun.activations` is also a layer, ``<name>_apply(params, x, **kw)``.
 
+Convolutions are `lax.conv_general_dilated`, except on a CPU backend for narrow inputs (a patch
+row of prod(K) * C_in values no longer than C_out), where they are one im2col matmul, which XLA
+runs faster there; the choice is made at trace time (`_use_im2col`) and both give the same
+result.
+
 Padding "SAME" follows XLA: per spatial dimension out = ceil(in / stride), the total padding
 max((out - 1) * stride + k - in, 0) split with the smaller half before. Max pooling computes the
 maximum over a stacked window axis, so at ties its gradient is split equally among the tied
@@ -19,6 +24,7 @@ elements; average pooling divides by the number of non-padding elements in each 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +111,62 @@ def dense_apply(params: Params, x: Array) -> Array:
 # --------------------------------------------------------------------------- convolutions
 
 
+_CONV_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+
+
+def _conv_lax(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
+    """Cross-correlation by `lax.conv_general_dilated` (channels last, kernel (*K, C_in, C_out))."""
+    return jax.lax.conv_general_dilated(x, w, stride, padding,
+                                        dimension_numbers=_CONV_DIMS[x.ndim - 2])
+
+
+def _conv_geometry(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+                   padding: str) -> tuple[list[tuple[int, int]], list[int]]:
+    """(pads, output sizes) per spatial dimension, as XLA computes them."""
+    pads = [same_pads(s, k, st) if padding == "SAME" else (0, 0)
+            for s, k, st in zip(spatial, kernel, stride)]
+    return pads, [(s + lo + hi - k) // st + 1
+                  for s, (lo, hi), k, st in zip(spatial, pads, kernel, stride)]
+
+
+def _conv_im2col(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
+    """The same cross-correlation as one matmul: the prod(K) strided slices of the padded input
+    are concatenated along channels into patches (N * prod(out), prod(K) * C_in), slot
+    ``offset * C_in + c`` in the order of ``w.reshape(-1, C_out)``, times that matrix."""
+    kernel = w.shape[:-2]
+    pads, outs = _conv_geometry(x.shape[1:-1], kernel, stride, padding)
+    xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    cols = jnp.concatenate(
+        [xp[(slice(None),) + tuple(slice(o, o + (n - 1) * st + 1, st)
+                                   for o, n, st in zip(offs, outs, stride))]
+         for offs in itertools.product(*[range(k) for k in kernel])], axis=-1)
+    out = cols.reshape(-1, cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
+    return out.reshape(x.shape[0], *outs, w.shape[-1])
+
+
+def _use_im2col(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, ...],
+                padding: str) -> bool:
+    """im2col on a CPU backend when a patch row (prod(K) * C_in values) is no longer than the
+    C_out outputs it produces, so building the patches costs no more than writing the output.
+
+    Measured on 2 CPU cores (experiments/benchmarks): XLA's CPU convolution is slow for few
+    input channels (LeNet's 5x5x1 first layer, MNIST-1D's first conv1d), where the patches are
+    small; for wide inputs (5x5x32 -> 64) writing the prod(K)-fold patches costs more than
+    XLA's convolution, so lax.conv stays there. Other backends always use lax.conv.
+    """
+    _, outs = _conv_geometry(x_shape[1:-1], w_shape[:-2], stride, padding)
+    return (jax.default_backend() == "cpu" and min(outs) >= 1
+            and math.prod(w_shape[:-1]) <= w_shape[-1])
+
+
+def _conv(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
+    """Cross-correlation of channels-last x with w (*K, C_in, C_out), the implementation chosen
+    at trace time by `_use_im2col`; both give `lax.conv_general_dilated`'s result."""
+    if _use_im2col(tuple(x.shape), tuple(w.shape), stride, padding):
+        return _conv_im2col(x, w, stride, padding)
+    return _conv_lax(x, w, stride, padding)
+
+
 def init_conv2d(key: Array, in_channels: int, out_channels: int,
                 kernel_size: int | tuple[int, int] = 3, *, bias: bool = True,
                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
@@ -136,9 +198,7 @@ def conv2d_apply(params: Params, x: Array, *, stride: int | tuple[int, int] = 1,
     if x.shape[-1] != w.shape[2]:
         raise ValueError(f"conv2d: input x has {x.shape[-1]} channels (shape {tuple(x.shape)}), "
                          f"but w expects C_in={w.shape[2]} (w shape {tuple(w.shape)})")
-    out = jax.lax.conv_general_dilated(
-        x, w, _pair(stride, 2, "conv2d stride"), _check_padding(padding, "conv2d"),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    out = _conv(x, w, _pair(stride, 2, "conv2d stride"), _check_padding(padding, "conv2d"))
     return _add_bias(out, params)
 
 
@@ -161,9 +221,7 @@ def conv1d_apply(params: Params, x: Array, *, stride: int = 1, padding: str = "S
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"conv1d: input x has {x.shape[-1]} channels (shape {tuple(x.shape)}), "
                          f"but w expects C_in={w.shape[1]} (w shape {tuple(w.shape)})")
-    out = jax.lax.conv_general_dilated(
-        x, w, _pair(stride, 1, "conv1d stride"), _check_padding(padding, "conv1d"),
-        dimension_numbers=("NWC", "WIO", "NWC"))
+    out = _conv(x, w, _pair(stride, 1, "conv1d stride"), _check_padding(padding, "conv1d"))
     return _add_bias(out, params)
 
 
@@ -189,7 +247,8 @@ def _pool(x: Array, window: Any, stride: Any, padding: str, layer: str, kind: st
             for s, w, st in zip(spatial, window, stride)]
     fill = -jnp.inf if kind == "max" else 0.0
     xp = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], constant_values=fill)
-    outs = [(s + lo + hi - w) // st + 1 for s, (lo, hi), w, st in zip(spatial, pads, window, stride)]
+    outs = [(s + lo + hi - w) // st + 1
+            for s, (lo, hi), w, st in zip(spatial, pads, window, stride)]
     if min(outs) < 1:
         raise ValueError(f"{layer}: window {window} larger than input {tuple(x.shape)}")
     views = []

@@ -1,0 +1,143 @@
+"""The automatic train-loop dispatch and the CPU convolution switch, without any timing.
+
+- `nnfun.train.choose_dispatch` must never put a convolution model on the scanned path (a
+  scanned conv train step was measured about 10x slower on a CPU than the same jitted step in a
+  Python loop), whichever builder made the model; an MLP gets the scanned epoch.
+- On a CPU, `nnfun.layers` computes narrow convolutions as one im2col matmul and the rest with
+  `lax.conv_general_dilated`; both must give the same values and gradients (float64, 1e-10).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from nnfun import layers as L
+from nnfun import models
+from nnfun.gradcheck import relative_error
+from nnfun.train import choose_dispatch
+
+TOL = 1e-10
+
+CONV_MODELS = {
+    "cnn2d": models.cnn([8, 16], [32], 10),
+    "cnn2d_no_pool_valid": models.cnn([4], [], 3, kernel_size=5, pool=None, padding="VALID"),
+    "cnn1d": models.cnn([8], [16], 10, rank=1, pool="avg"),
+    "sequential_conv2d_only": models.sequential([{"name": "conv2d", "features": 2}, "flatten"]),
+    "sequential_conv1d_deep": models.sequential(
+        [{"name": "conv1d", "features": 25, "kernel_size": 5, "stride": 2}, "relu",
+         {"name": "conv1d", "features": 25, "kernel_size": 3}, "relu", "flatten",
+         {"name": "dense", "features": 10}]),
+    "sequential_layer_specs": models.sequential(
+        [models.layer("max_pool2d"), models.layer("conv2d", features=3, kernel_size=(3, 1)),
+         models.layer("flatten"), models.layer("dense", features=2)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_MODELS))
+def test_conv_models_never_get_the_scan(name):
+    assert choose_dispatch(CONV_MODELS[name].layers) == "loop"
+    assert choose_dispatch(CONV_MODELS[name].layers, "auto") == "loop"
+
+
+@pytest.mark.parametrize("model", [models.mlp([128, 128], 10),
+                                   models.mlp([256], 10, flatten=True, dropout=0.2),
+                                   models.mlp([], 10),
+                                   models.sequential(["flatten", ("max_pool1d", {}),
+                                                      {"name": "dense", "features": 3}])])
+def test_models_without_convolutions_get_the_scan(model):
+    assert choose_dispatch(model.layers) == "scan"
+
+
+def test_an_explicit_request_is_kept():
+    layers = CONV_MODELS["cnn2d"].layers
+    assert choose_dispatch(layers, "scan") == "scan"
+    assert choose_dispatch(models.mlp([4], 2).layers, "loop") == "loop"
+    with pytest.raises(ValueError, match="dispatch"):
+        choose_dispatch(layers, "unrolled")
+
+
+# --------------------------------------------------------------------------- im2col vs lax.conv
+
+CONV2D_CASES = [  # (x shape, w shape, stride, padding)
+    ((2, 7, 7, 1), (5, 5, 1, 32), (1, 1), "SAME"),
+    ((2, 6, 6, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 7, 6, 2), (3, 2, 2, 3), (2, 2), "VALID"),
+    ((1, 6, 5, 2), (3, 3, 2, 2), (2, 1), "SAME"),
+    ((2, 9, 8, 2), (2, 4, 2, 3), (3, 2), "SAME"),
+    ((1, 5, 9, 1), (5, 1, 1, 2), (1, 3), "VALID"),
+    ((2, 4, 4, 2), (4, 4, 2, 1), (1, 1), "VALID"),
+]
+CONV1D_CASES = [
+    ((2, 10, 1), (5, 1, 25), (2,), "SAME"),
+    ((2, 11, 2), (5, 2, 3), (2,), "SAME"),
+    ((1, 9, 2), (4, 2, 2), (2,), "VALID"),
+    ((2, 8, 3), (3, 3, 4), (1,), "SAME"),
+    ((1, 7, 1), (7, 1, 2), (3,), "VALID"),
+]
+
+
+def _ids(cases):
+    return [f"x{xs}-w{ws}-s{st}-{p}" for xs, ws, st, p in cases]
+
+
+@pytest.mark.parametrize("case", CONV2D_CASES + CONV1D_CASES,
+                         ids=_ids(CONV2D_CASES + CONV1D_CASES))
+def test_im2col_and_lax_conv_agree_in_values_and_gradients(case, maybe_jit):
+    x_shape, w_shape, stride, padding = case
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(11)
+        x = jax.random.normal(jax.random.fold_in(key, 0), x_shape, jnp.float64)
+        w = jax.random.normal(jax.random.fold_in(key, 1), w_shape, jnp.float64)
+        im2col = maybe_jit(lambda x, w: L._conv_im2col(x, w, stride, padding))
+        lax_conv = maybe_jit(lambda x, w: L._conv_lax(x, w, stride, padding))
+        out_i, vjp_i = jax.vjp(im2col, x, w)
+        out_l, vjp_l = jax.vjp(lax_conv, x, w)
+        assert out_i.shape == out_l.shape and out_i.dtype == out_l.dtype
+        assert relative_error(out_l, out_i)[1] <= TOL
+        cot = jax.random.normal(jax.random.fold_in(key, 2), out_l.shape, jnp.float64)
+        for g_i, g_l in zip(vjp_i(cot), vjp_l(cot)):
+            assert g_i.shape == g_l.shape
+            assert relative_error(g_l, g_i)[1] <= TOL
+
+
+@pytest.mark.parametrize("apply,x_shape,kw,expect_im2col", [
+    (L.conv2d_apply, (2, 12, 12, 1), {"features": 32, "kernel_size": 5}, True),
+    (L.conv2d_apply, (2, 6, 6, 32), {"features": 64, "kernel_size": 5}, False),
+    (L.conv1d_apply, (2, 40, 1), {"features": 25, "kernel_size": 5, "stride": 2}, True),
+    (L.conv1d_apply, (2, 20, 25), {"features": 25, "kernel_size": 3}, False),
+])
+def test_public_conv_follows_the_switch_and_matches_lax(apply, x_shape, kw, expect_im2col):
+    """The layer picks im2col on a CPU only for narrow inputs, and always equals lax.conv."""
+    rank = len(x_shape) - 2
+    stride = L._pair(kw.get("stride", 1), rank, "stride")
+    kernel = L._pair(kw["kernel_size"], rank, "kernel")
+    w_shape = (*kernel, x_shape[-1], kw["features"])
+    on_cpu = jax.default_backend() == "cpu"
+    assert L._use_im2col(x_shape, w_shape, stride, "SAME") == (expect_im2col and on_cpu)
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(3)
+        params = {"w": jax.random.normal(key, w_shape, jnp.float64),
+                  "b": jax.random.normal(jax.random.fold_in(key, 1), w_shape[-1:], jnp.float64)}
+        x = jax.random.normal(jax.random.fold_in(key, 2), x_shape, jnp.float64)
+        akw = {"stride": kw.get("stride", 1), "padding": "SAME"}
+        out = apply(params, x, **akw)
+        ref = L._add_bias(L._conv_lax(x, params["w"], stride, "SAME"), params)
+        assert relative_error(ref, out)[1] <= TOL
+
+
+def test_the_switch_never_picks_im2col_for_a_window_that_does_not_fit():
+    assert not L._use_im2col((1, 3, 3, 1), (5, 5, 1, 32), (1, 1), "VALID")
+
+
+def test_im2col_patch_order_matches_the_kernel_layout():
+    """A one-hot kernel picks exactly one input offset and channel."""
+    with jax.enable_x64(True):
+        x = jnp.arange(2 * 5 * 4 * 2, dtype=jnp.float64).reshape(2, 5, 4, 2)
+        for i, j, c in itertools.product(range(3), range(2), range(2)):
+            w = jnp.zeros((3, 2, 2, 1), jnp.float64).at[i, j, c, 0].set(1.0)
+            got = L._conv_im2col(x, w, (1, 1), "VALID")[..., 0]
+            assert jnp.array_equal(got, x[:, i:i + 3, j:j + 3, c])

@@ -3,8 +3,9 @@
 - `nnfun.train.choose_dispatch` must never put a convolution model on the scanned path (a
   scanned conv train step was measured about 10x slower on a CPU than the same jitted step in a
   Python loop), whichever builder made the model; an MLP gets the scanned epoch.
-- On a CPU, `nnfun.layers` computes narrow convolutions as one im2col matmul and the rest with
-  `lax.conv_general_dilated`; both must give the same values and gradients (float64, 1e-10).
+- On a CPU, `nnfun.layers` computes small convolutions of narrow inputs as one im2col matmul
+  and the rest with `lax.conv_general_dilated`; both must give the same values and gradients
+  (float64, 1e-10).
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ def test_public_conv_follows_the_switch_and_matches_lax(apply, x_shape, kw, expe
 
 def test_the_switch_never_picks_im2col_for_a_window_that_does_not_fit():
     assert not L._use_im2col((1, 3, 3, 1), (5, 5, 1, 32), (1, 1), "VALID")
+
+
+def test_the_switch_keeps_lax_conv_for_large_patch_matrices():
+    """LeNet's first layer at batch 128: narrow, but 10 MB of patches."""
+    assert not L._use_im2col((128, 28, 28, 1), (5, 5, 1, 32), (1, 1), "SAME")
+    small = L._use_im2col((8, 28, 28, 1), (5, 5, 1, 32), (1, 1), "SAME")
+    assert small == (jax.default_backend() == "cpu")
 
 
 def test_im2col_patch_order_matches_the_kernel_layout():

@@ -1,0 +1,195 @@
+"""Test accuracy of the shipped digits and MNIST-1D configs, mean over training seeds (issue 4).
+
+Runs every config below through the real command line, once per seed,
+
+    nnfun train configs/<name>.toml --set training.seed=<s> --out <tmp> -q
+
+one run at a time, reads ``test_accuracy`` from the printed JSON summary, and writes
+``results.md`` and ``results.json`` next to this file. ``training.seed`` changes the
+initialisation, the shuffling, the dropout masks and which training examples are held out
+for validation; the test sets are fixed (digits: the second half; MNIST-1D: data_seed 42).
+
+Usage (from the repository root):
+
+    python experiments/accuracy/run_accuracy.py [--seeds 0 1 2] [--configs digits_mlp ...]
+
+Run folders go to experiments/accuracy/out/ (git-ignored) and are deleted unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+#: config name -> (target description, check on the mean test accuracy).
+TARGETS: dict[str, tuple[str, float, float | None]] = {
+    # name: (text, lower bound, upper bound or None)
+    "digits_mlp": (">= 0.95", 0.95, None),
+    "digits_cnn": (">= 0.97", 0.97, None),
+    "mnist1d_logreg": ("about 0.32 (0.30-0.34)", 0.30, 0.34),
+    "mnist1d_mlp": (">= 0.68", 0.68, None),
+    "mnist1d_cnn": (">= 0.94", 0.94, None),
+}
+REFERENCE = {
+    "digits_mlp": "SVC 0.969 (scikit-learn example)",
+    "digits_cnn": "SVC 0.969 (scikit-learn example)",
+    "mnist1d_logreg": "0.32 (Greydanus 2020)",
+    "mnist1d_mlp": "0.68 (Greydanus 2020)",
+    "mnist1d_cnn": "0.94 (Greydanus 2020)",
+}
+
+
+def nnfun_command() -> list[str]:
+    """The installed ``nnfun`` next to this Python, else ``python -m nnfun.cli``."""
+    exe = Path(sys.executable).with_name("nnfun")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "nnfun.cli"]
+
+
+def run_one(name: str, seed: int, out_root: Path, keep: bool) -> dict:
+    """One training run through the CLI; returns its summary plus wall-clock seconds."""
+    run_dir = out_root / f"{name}-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [*nnfun_command(), "train", f"configs/{name}.toml", "--set",
+           f"training.seed={seed}", "--out", str(run_dir), "-q"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with status {proc.returncode}:\n"
+                         f"{proc.stderr[-4000:]}")
+    summary = json.loads(proc.stdout)
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"seed": seed, "test_accuracy": summary["test_accuracy"],
+            "val_accuracy": summary.get("val_accuracy"),
+            "train_accuracy": summary.get("train_accuracy"),
+            "train_seconds": summary["seconds"], "wall_seconds": round(wall, 2),
+            "steps": summary.get("steps"), "num_params": summary.get("num_params"),
+            "command": " ".join(cmd[-7:])}
+
+
+def met(name: str, mean: float) -> bool:
+    _, lo, hi = TARGETS[name]
+    return mean >= lo and (hi is None or mean <= hi)
+
+
+def machine() -> str:
+    """CPU model, core count and OS (no host name)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPU cores, no GPU used, {platform.system()} " \
+           f"{platform.release()}"
+
+
+def jax_version() -> str:
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.__version__, "
+                          "jax.default_backend())"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() or "unknown"
+
+
+def write_results(rows: list[dict], seeds: list[int], meta: dict) -> None:
+    (HERE / "results.json").write_text(json.dumps({"meta": meta, "configs": rows}, indent=2)
+                                       + "\n")
+    lines = [
+        "# Test accuracy of the shipped configs (issue 4)",
+        "",
+        f"Mean over training seeds {', '.join(map(str, seeds))} of the test accuracy of the "
+        "final parameters, each run through `nnfun train CONFIG --set training.seed=S -q`.",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- jax: {meta['jax']}; python {meta['python']}",
+        f"- reproduce: `{meta['command']}`",
+        "",
+        "| config | seeds | mean | min | max | target | met? | s/run (wall) | s/run (training) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {len(r['runs'])} | {r['mean']:.4f} | {r['min']:.4f} | "
+            f"{r['max']:.4f} | {r['target']} | {'yes' if r['met'] else 'NO'} | "
+            f"{r['wall_seconds_mean']:.1f} | {r['train_seconds_mean']:.1f} |")
+    lines += [
+        "",
+        "Wall seconds include process start, JAX compilation, data loading and writing the run "
+        "folder (plots, checkpoints); training seconds are the summary's `seconds`. The "
+        "machine is shared, so times vary with its load. How the configs were tuned: "
+        "[README.md](README.md).",
+        "",
+        "## Per run",
+        "",
+        "| config | seed | test | val | train | wall s | training s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        for run in r["runs"]:
+            lines.append(f"| {r['config']} | {run['seed']} | {run['test_accuracy']:.4f} | "
+                         f"{fmt(run['val_accuracy'])} | {fmt(run['train_accuracy'])} | "
+                         f"{run['wall_seconds']:.1f} | {run['train_seconds']:.1f} |")
+    lines += ["", "References: " + "; ".join(f"{k}: {v}" for k, v in REFERENCE.items()) + "."]
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--configs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    p.add_argument("--keep", action="store_true", help="keep the run folders in out/")
+    args = p.parse_args(argv)
+    out_root = HERE / "out"
+    out_root.mkdir(exist_ok=True)
+    rows = []
+    for name in args.configs:
+        runs = []
+        for seed in args.seeds:
+            run = run_one(name, seed, out_root, args.keep)
+            runs.append(run)
+            print(f"{name} seed {seed}: test {run['test_accuracy']:.4f} "
+                  f"({run['wall_seconds']:.1f} s)", flush=True)
+        accs = [r["test_accuracy"] for r in runs]
+        mean = statistics.fmean(accs)
+        rows.append({"config": name, "target": TARGETS[name][0], "mean": mean,
+                     "min": min(accs), "max": max(accs),
+                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "met": met(name, mean),
+                     "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
+                     "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+                     "runs": runs})
+    seeds_arg = " ".join(map(str, args.seeds))
+    command = "python experiments/accuracy/run_accuracy.py"
+    if args.seeds != [0, 1, 2]:
+        command += f" --seeds {seeds_arg}"
+    if args.configs != list(TARGETS):
+        command += f" --configs {' '.join(args.configs)}"
+    meta = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "jax": jax_version(), "python": platform.python_version(), "command": command,
+            "seeds": args.seeds}
+    write_results(rows, args.seeds, meta)
+    for r in rows:
+        print(f"{r['config']:16s} mean {r['mean']:.4f} [{r['min']:.4f}, {r['max']:.4f}] "
+              f"target {r['target']}: {'met' if r['met'] else 'NOT met'}")
+    return 0 if all(r["met"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,8 @@ Contract, shared with the hand-written reference `nnfun.manual.layers`:
 
 - layout is batch first and channels last: dense (N, D), conv1d (N, L, C), conv2d (N, H, W, C);
 - parameters are plain dicts: dense ``{"w": (D, M), "b": (M,)}``, conv2d
-  ``{"w": (KH, KW, C_in, C_out), "b": (C_out,)}``, conv1d ``{"w": (K, C_in, C_out), "b": (C_out,)}``,
+  ``{"w": (KH, KW, C_in, C_out), "b": (C_out,)}``,
+  conv1d ``{"w": (K, C_in, C_out), "b": (C_out,)}``,
   maxout ``{"w": (D, M, P), "b": (M, P)}``; parameterless layers take ``params={}``;
 - hyperparameters are keyword-only;
 - every activation of `nnfun.activations` is also a layer, ``<name>_apply(params, x, **kw)``.

@@ -1,4 +1,4 @@
-"""Input preprocessing fitted on the training split (lecture 001): centring, scaling, PCA, whitening.
+"""Preprocessing fitted on the training split (lecture 001): centring, scaling, PCA, whitening.
 
 Contract: `fit_preprocessor` looks at the training inputs only and returns a *state*, a flat
 dict of NumPy arrays that `save_preprocessor` writes with ``np.savez`` and `load_preprocessor`

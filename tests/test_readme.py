@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text()
 MODULES = ["activations", "initializers", "layers", "models", "losses", "regularizers",
            "objective", "spec", "registry", "gradcheck", "optim", "train", "config", "run", "cli",
            "checkpoint", "plots", "data", "preprocessing", "manual.layers", "manual.activations",
-           "manual.losses", "manual.regularizers", "manual.model", "manual.gates"]
+           "manual.losses", "manual.regularizers", "manual.model", "manual.gates", "distributed"]
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():

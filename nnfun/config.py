@@ -65,6 +65,9 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = pydantic.Field(0, ge=0, description="epochs; 0 = at evaluations")
     keep_checkpoints: int = pydantic.Field(3, ge=1)
     crosscheck_every: int = pydantic.Field(0, ge=0, description="steps; 0 = never")
+    grad_norm_every: int | None = pydantic.Field(
+        None, ge=0, description="steps between per-layer gradient-norm samples; 0 = never; "
+        "default min(10, steps per epoch)")
     target_accuracy: float | None = None
     dtype: Literal["float32", "float64"] = "float32"
 

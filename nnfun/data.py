@@ -18,6 +18,7 @@ import contextlib
 import functools
 import gzip
 import inspect
+import math
 import random
 import zlib
 from collections.abc import Callable, Iterator
@@ -112,6 +113,11 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
         raise DataError(f"one_hot: labels span {labels.min()}..{labels.max()}, expected "
                         f"0..{num_classes - 1} for num_classes={num_classes}")
     return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """(N, *F) -> (N, prod(F)); unlike ``reshape(N, -1)`` also for N = 0."""
+    return a.reshape(len(a), math.prod(a.shape[1:]))
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -412,7 +418,7 @@ def load_digits(
     x_test, y_test = x[half:], y[half:]
     x_train, y_train, x_val, y_val = _carve(x[:half], y[:half], round(val_fraction * half), rng)
     if flatten:
-        x_train, x_val, x_test = (a.reshape(len(a), -1) for a in (x_train, x_val, x_test))
+        x_train, x_val, x_test = (_flat(a) for a in (x_train, x_val, x_test))
     return _classification("digits", 10, x_train, y_train, x_val, y_val, x_test, y_test)
 
 
@@ -592,7 +598,7 @@ def _images_dataset(
     x_train, y_train, x_val, y_val = _carve(*train, val_size, np.random.default_rng(seed))
     xs = [a.astype(np.float32) / np.float32(255.0) for a in (x_train, x_val, test[0])]
     if flatten:
-        xs = [a.reshape(len(a), -1) for a in xs]
+        xs = [_flat(a) for a in xs]
     return _classification(name, 10, xs[0], y_train, xs[1], y_val, xs[2], test[1])
 
 

@@ -22,6 +22,7 @@ Methods (output shape in brackets):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,8 @@ def apply_preprocessor(state: PreprocessorState, x: np.ndarray) -> np.ndarray:
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
     if method == "none":
         return x.astype(dtype, copy=False)
-    flat = x.reshape(x.shape[0], -1).astype(dtype) - state["mean"].astype(dtype)
+    flat = x.reshape(x.shape[0], math.prod(feature_shape)).astype(dtype)
+    flat = flat - state["mean"].astype(dtype)
     if method == "standardize":
         flat = flat / state["std"].astype(dtype)
     elif method != "center":

@@ -182,6 +182,17 @@ def _to_float(tree: Any) -> Any:
     return jax.tree.map(lambda v: np.asarray(v).tolist(), tree)
 
 
+def _mean_grad_norms(names: list[str], gnorms: list) -> dict[str, Any]:
+    """``{"grad_norms": {layer: mean}}`` over the sampled steps (rows without NaN); ``{}`` when
+    no step since the previous record was sampled."""
+    rows = [np.asarray(g) for g in gnorms if g is not None]
+    if not rows or not names:
+        return {}
+    rows = np.concatenate(rows)
+    rows = rows[np.all(np.isfinite(rows), axis=1)]
+    return {"grad_norms": dict(zip(names, rows.mean(0).tolist()))} if len(rows) else {}
+
+
 def _evaluate(evaluate: Callable, params: Any, x: Any, y: Any, prefix: str) -> dict[str, Any]:
     if x.shape[0] == 0:
         return {}
@@ -246,8 +257,9 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     start_step = int(state.step)
     start_epoch, offset = divmod(start_step, spe)
 
-    body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine),
-                      state)
+    gn_every = min(10, spe) if tc.grad_norm_every is None else tc.grad_norm_every
+    body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine,
+                                           grad_norm_every=gn_every), state)
     dispatch = train.choose_dispatch(model.layers, tc.dispatch)
     run_epoch = train.make_epoch_fn(body, bs) if dispatch == "scan" else None
     run_step = train.make_indexed_step(body) if dispatch == "loop" else None
@@ -268,7 +280,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
                **_evaluate(evaluate, state.params, x_train[: 4096], ds.y_train[: 4096], "train"),
                **_evaluate(evaluate, state.params, to_dev(ds.x_val), ds.y_val, "val"),
                "time": time.perf_counter() - t0,
-               "grad_norms": dict(zip(names, np.mean(np.concatenate(gnorms), 0).tolist())),
+               **_mean_grad_norms(names, gnorms),
                **extra}
         rec.pop("train_per_class_accuracy", None)
         if lead:
@@ -287,13 +299,13 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
             if dispatch == "scan":
                 state, m = run_epoch(state, x_train, y_train, jnp.asarray(epoch))
                 losses.append(m["loss"])
-                gnorms.append(m["grad_norms"])
+                gnorms.append(m.get("grad_norms"))
             else:
                 idx = permutation(state.key, epoch, x_train.shape[0], bs)
                 for i in range(offset if epoch == start_epoch else 0, spe):
                     state, m = run_step(state, x_train, y_train, idx[i])
                     losses.append(m["loss"][None])
-                    gnorms.append(m["grad_norms"][None])
+                    gnorms.append(m["grad_norms"][None] if "grad_norms" in m else None)
                     if stop.requested:
                         break
             last_loss = float(np.asarray(losses[-1]).ravel()[-1])

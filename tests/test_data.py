@@ -179,6 +179,8 @@ def test_digits_flatten_seed_and_random_split() -> None:
     assert len(rand.x_test) == 899 and not np.array_equal(rand.y_test, flat.y_test)
     with pytest.raises(DataError, match="split='odd'"):
         load_dataset("digits", split="odd")
+    none = load_dataset("digits", flatten=True, val_fraction=0.0)
+    assert none.x_val.shape == (0, 64) and len(none.x_train) == 898
 
 
 # --------------------------------------------------------------------------- MNIST-1D

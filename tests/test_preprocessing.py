@@ -192,3 +192,13 @@ def test_load_rejects_a_file_that_is_not_a_state(tmp_path: Path) -> None:
     np.savez(path, weights=np.ones(3))
     with pytest.raises(ValueError, match="other.npz"):
         load_preprocessor(path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_to_an_empty_split(method: str) -> None:
+    # a config with val_fraction = 0 has an empty validation split
+    pca = method in ("pca", "pca_whiten")
+    state = fit_preprocessor(_correlated(50, (2, 3)), method=method,
+                             n_components=2 if pca else None)
+    out = apply_preprocessor(state, np.zeros((0, 2, 3)))
+    assert out.shape == ((0, 2) if pca else (0, 2, 3))

@@ -229,3 +229,61 @@ def test_schedule_builder_rejects_unknown_names():
         make_schedule("cosine_decay_schedule", init_value=1.0, decay_step=3)
     assert isinstance(make_optimizer("sgd", 0.1, momentum=0.9, nesterov=True,
                                      clip_global_norm=1.0), optax.GradientTransformation)
+
+
+def test_grad_norm_every_samples_without_changing_the_training():
+    with jax.enable_x64(True):
+        model = mlp([8, 8], 3, activation="tanh")
+        loss = LossSpec.make("softmax_cross_entropy")
+        opt = make_optimizer("adam", 1e-2)
+        x = jax.random.normal(jax.random.PRNGKey(0), (48, 4), jnp.float64)
+        y = jax.random.randint(jax.random.PRNGKey(1), (48,), 0, 3)
+        out = {}
+        for every in (1, 4, 0):
+            epoch = train.make_epoch_fn(train.make_step_body(model.layers, loss, (), opt,
+                                                             grad_norm_every=every), 8)
+            state = train.init_train_state(0, model.layers, (4,), opt, jnp.float64)
+            state, m1 = epoch(state, x, y, jnp.asarray(0))
+            state, m2 = epoch(state, x, y, jnp.asarray(1))
+            out[every] = state.params, {k: np.concatenate([m1[k], m2[k]]) for k in m1}
+        for every in (4, 0):
+            for a, b in zip(jax.tree.leaves(out[1][0]), jax.tree.leaves(out[every][0])):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+            np.testing.assert_array_equal(out[every][1]["loss"], out[1][1]["loss"])
+        every_step = out[1][1]["grad_norms"]
+        assert every_step.shape == (12, 3) and np.all(every_step > 0)
+        sampled = out[4][1]["grad_norms"]
+        taken = np.arange(12) % 4 == 0  # steps 0, 4, 8 (state.step before the update)
+        np.testing.assert_allclose(sampled[taken], every_step[taken], rtol=1e-12)
+        assert np.isnan(sampled[~taken]).all()
+        assert "grad_norms" not in out[0][1]
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.0])
+def test_grad_norm_every_rejects_bad_values(bad):
+    model = mlp([4], 2)
+    with pytest.raises(ValueError, match="grad_norm_every"):
+        train.make_step_body(model.layers, LossSpec.make("softmax_cross_entropy"), (),
+                             optax.sgd(0.1), grad_norm_every=bad)
+
+
+def test_run_without_validation_split_or_grad_norms(tmp_path):
+    from nnfun.run import eval_run
+
+    cfg = _config(tmp_path, sets=["data.val_fraction=0.0", "training.grad_norm_every=0"])
+    summary = train_run(cfg, tmp_path / "run", quiet=True)
+    records = _metrics(tmp_path / "run")
+    assert len(records) == 3
+    assert not any(k.startswith("val_") or k == "grad_norms" for r in records for k in r)
+    assert "test_accuracy" in summary
+    with CheckpointStore(tmp_path / "run" / "checkpoints") as store:
+        assert store.latest_step() == records[-1]["step"]  # kept without a metric to rank it
+    assert eval_run(tmp_path / "run")["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_run_records_sampled_grad_norms(tmp_path):
+    cfg = _config(tmp_path, sets=["training.grad_norm_every=4"])
+    train_run(cfg, tmp_path / "run", quiet=True)
+    for r in _metrics(tmp_path / "run"):
+        assert set(r["grad_norms"]) == {"0.dense", "3.dense"}
+        assert all(np.isfinite(v) and v > 0 for v in r["grad_norms"].values())

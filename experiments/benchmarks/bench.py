@@ -20,8 +20,10 @@ Method (results.md points here):
   OMP_WAIT_POLICY=PASSIVE, which on a loaded machine is often many times faster; the peer
   comparisons take the better of the two.
 - Diagnostic variants of nnfun's automatic choice: ``@lax`` forces its convolutions onto
-  lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only); ``@nonorms``
-  drops the per-layer gradient norms nnfun.train's step computes as a metric every step.
+  lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only); nnfun's
+  variants sample the per-layer gradient-norm metric every min(10, steps) steps, as
+  ``nnfun train`` does by default; ``@nonorms`` drops it (``grad_norm_every=0``) and
+  ``@everystep`` measures it on every step (``grad_norm_every=1``).
 - GEMM limit: a float32 (2048 x 2048) @ (2048 x 2048) matmul is timed in every round, between
   the variants, with NumPy and with XLA's jitted dot; a round's limit is the faster of the two
   (each its best of 3), and the limit is the median over rounds. (Under background load
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
         if not a.variants:
             vs = [v for v in vs if v not in SLOW_ON.get(m, ())]
             auto = f"nnfun-autodiff-{nnfun_auto_dispatch(m)}"
-            vs.append(auto + fw.NO_NORMS)
+            vs += [auto + fw.NO_NORMS, auto + fw.EVERY_STEP]
             if any(op[0].startswith("conv") for op in MODELS[m][0]):
                 vs.append(auto + fw.CONV_AB)
         steps = a.steps or MODELS[m][3][0 if a.quick else 1]

@@ -155,8 +155,10 @@ class NnfunRunner(_JaxData):
         layers = self.layers = nnfun_layers(self.ops, self.in_shape)
         opt = optax.adam(LR)
         self.state = train.init_train_state(0, layers, self.in_shape, opt)
+        # What `nnfun train` does by default: gradient norms sampled every min(10, steps) steps.
+        every = {"nonorms": 0, "everystep": 1}.get(self.option, min(10, self.steps))
         body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
-                                    engine=self.engine)
+                                    engine=self.engine, grad_norm_every=every)
         self.epoch_no = 0
         if self.dispatch == "scan":
             self.fn = train.make_epoch_fn(body, self.batch)
@@ -168,9 +170,6 @@ class NnfunRunner(_JaxData):
         self._jnp, self._jax = jnp, jax
         if self.option == "lax":
             self.fn = _patched(self.fn, "nnfun.layers", "_use_im2col", lambda *a: False)
-        elif self.option == "nonorms":
-            self.fn = _patched(self.fn, "nnfun.train", "layer_grad_norms",
-                               lambda layers, grads: jnp.zeros((0,)))
 
     def xla_temp_mib(self) -> float:
         """Scratch memory XLA allocates for one call (compiled memory analysis), MiB."""
@@ -657,9 +656,11 @@ VARIANTS = {
 }
 #: Diagnostic variants of nnfun's automatic choice: "@lax" forces its convolutions onto lax.conv
 #: (the A/B of the CPU im2col switch, conv models only); "@nonorms" drops the per-layer gradient
-#: norms that nnfun.train's step computes as a metric on every step.
+#: norms (grad_norm_every=0) that the default samples every 10 steps, "@everystep" measures them
+#: on every step (grad_norm_every=1, the default before 2026-11-30).
 CONV_AB = "@lax"
 NO_NORMS = "@nonorms"
+EVERY_STEP = "@everystep"
 #: variants timed in a process of their own (see bench.Worker), with extra environment.
 OWN_PROCESS = {"torch": {}, "torch-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 PEERS = ("linen", "nnx", "equinox", "haiku", "torch", "torch-passive")

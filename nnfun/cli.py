@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     r.add_argument("run_dir")
+    r.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="distributed.KEY=VALUE",
+                   help="override the [distributed] section (e.g. this process's process_id)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on val and test data")
@@ -71,7 +74,11 @@ def _train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from nnfun.run import resume_run
 
-    print(json.dumps(resume_run(args.run_dir, quiet=args.quiet), indent=2))
+    summary = resume_run(args.run_dir, quiet=args.quiet, overrides=args.overrides)
+    from nnfun.distributed import is_lead
+
+    if is_lead():
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -14,6 +14,7 @@ and what was found. Command-line overrides ``--set section.key=value`` go throug
 from __future__ import annotations
 
 import collections.abc
+import copy
 import functools
 import inspect
 import operator
@@ -326,9 +327,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return validate(apply_overrides(raw, overrides), where, path.stem)
 
 
-def config_from_resolved(resolved: Mapping[str, Any], where: str) -> Config:
-    """Re-validates a config recorded in a run folder (``config.json``)."""
-    raw = {k: v for k, v in resolved.items() if k not in ("name", "source")}
+def config_from_resolved(resolved: Mapping[str, Any], where: str,
+                         overrides: Sequence[str] = ()) -> Config:
+    """Re-validates a config recorded in a run folder (``config.json``).
+
+    Args:
+      overrides: ``--set`` overrides of the ``distributed`` section only (a resumed run must
+        train what was recorded; where and as which process it runs may change).
+    """
+    for text in overrides:
+        if parse_override(text)[0][0] != "distributed":
+            raise ConfigError(f"{where}: --set {text}: only distributed.* may change when a run "
+                              f"is resumed; the rest is the run's recorded config")
+    raw = copy.deepcopy({k: v for k, v in resolved.items() if k not in ("name", "source")})
     if raw.get("schedule") is None:
         raw.pop("schedule", None)
-    return validate(raw, where, resolved.get("name", "run"))
+    return validate(apply_overrides(raw, overrides), where, resolved.get("name", "run"))

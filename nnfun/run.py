@@ -17,13 +17,14 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from nnfun import data as data_lib
 from nnfun import distributed, optim, preprocessing, train
@@ -173,6 +174,14 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
+    def agreed(self) -> bool:
+        """Whether any process asked to stop; all processes must call it at the same point (in
+        a multi-process run it is a collective), so they all stop after the same step."""
+        if jax.process_count() > 1:
+            flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+            self.requested = bool(np.any(flags))
+        return self.requested
+
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
@@ -229,6 +238,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
 
     tc = config.training
     lead = distributed.is_lead()
+    single = jax.process_count() == 1
     prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz") if resume else None
     ds, _ = load_data(config, run_dir if lead else None, prep)
     dtype = jnp.float64 if tc.dtype == "float64" else jnp.float32
@@ -306,7 +316,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
                     state, m = run_step(state, x_train, y_train, idx[i])
                     losses.append(m["loss"][None])
                     gnorms.append(m["grad_norms"][None] if "grad_norms" in m else None)
-                    if stop.requested:
+                    if stop.requested and single:  # processes agree at the epoch's end
                         break
             last_loss = float(np.asarray(losses[-1]).ravel()[-1])
             if not math.isfinite(last_loss):
@@ -340,7 +350,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
             bar.update(1)
             if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs:
                 stop.requested = True
-            if stop.requested and not final:
+            if stop.agreed() and not final:
                 interrupted = True
                 break
     bar.close()
@@ -382,8 +392,9 @@ def finish(config: Config, run_dir: Path, params: Any, model: Any, evaluate: Cal
     return summary
 
 
-def load_run_config(run_dir: str | Path) -> Config:
-    """The config recorded in a run folder."""
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The config recorded in a run folder (``distributed.*`` overridable, see
+    `nnfun.config.config_from_resolved`)."""
     path = Path(run_dir) / "config.json"
     try:
         resolved = json.loads(path.read_text())
@@ -393,15 +404,16 @@ def load_run_config(run_dir: str | Path) -> Config:
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON: {e}") from None
     try:
-        return config_from_resolved(resolved, str(path))
+        return config_from_resolved(resolved, str(path), overrides)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
 
-def resume_run(run_dir: str | Path, *, quiet: bool = False,
+def resume_run(run_dir: str | Path, *, quiet: bool = False, overrides: Sequence[str] = (),
                stop_after_epochs: int | None = None, out: Any = sys.stderr) -> dict[str, Any]:
-    """Continues an interrupted run from its latest checkpoint."""
-    return train_run(load_run_config(run_dir), run_dir, quiet=quiet, resume=True,
+    """Continues an interrupted run from its latest checkpoint. `overrides` may change the
+    ``distributed`` section only (e.g. each process's ``distributed.process_id``)."""
+    return train_run(load_run_config(run_dir, overrides), run_dir, quiet=quiet, resume=True,
                      stop_after_epochs=stop_after_epochs, out=out)
 
 

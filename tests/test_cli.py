@@ -35,6 +35,11 @@ def test_end_to_end_shrunk_config_through_the_real_cli(tmp_path):
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["step"] == 60
     assert (run / "eval.json").is_file()
+    # a resumed run trains what was recorded: only [distributed] may be overridden
+    p = _cli("resume", str(run), "--set", "training.epochs=90")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "training.epochs=90" in p.stderr and "only distributed.*" in p.stderr
+    assert str(run / "config.json") in p.stderr
 
 
 def test_plot_info_and_help(tmp_path, capsys):

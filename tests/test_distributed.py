@@ -323,3 +323,48 @@ def test_resume_from_a_sharded_checkpoint_is_exact(tmp_path: Path) -> None:
                       for d in ("whole", "resumed"))
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+STOP_ONE = """
+import io, sys
+from nnfun import run
+from nnfun.config import load_config
+pid, port = int(sys.argv[1]), sys.argv[2]
+config = load_config("f32.toml", ["distributed.enabled=true", "distributed.num_processes=2",
+                                  f"distributed.process_id={pid}",
+                                  f'distributed.coordinator_address="127.0.0.1:{port}"',
+                                  "distributed.initialization_timeout=30"])
+try:  # only process 1 is interrupted (after 2 of 10 epochs): process 0 must stop with it
+    run.train_run(config, "run", quiet=True, stop_after_epochs=2 if pid else None,
+                  out=io.StringIO())
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_ctrl_c_in_one_process_stops_every_process_at_the_same_step(
+        work: dict[str, Any], tmp_path: Path) -> None:
+    (tmp_path / "f32.toml").write_text(F32)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", STOP_ONE, str(i), port], cwd=tmp_path,
+                              env=_env(), text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in (0, 1)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    # (gloo prints its own connection line to stdout first)
+    assert all(o[0].strip().splitlines()[-1] == "interrupted" for o in outs), outs
+    with CheckpointStore(tmp_path / "run" / "checkpoints") as store:
+        assert store.latest_step() == 10  # 2 epochs of 5 steps, one checkpoint for both
+    # `nnfun resume` in both processes, each naming its process id: the one-device result
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _cli("resume", "run", "-q", "--set", f"distributed.coordinator_address=127.0.0.1:{port}",
+             "--set", f"distributed.process_id={i}"),
+        cwd=tmp_path, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in (0, 1)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert '"steps": 50' in outs[0][0] and '"steps"' not in outs[1][0]  # one summary
+    got = _final_state(tmp_path / "f32.toml", tmp_path / "run")
+    assert int(got.step) == STEPS
+    assert _max_rel_diff(work["refs"]["f32"].params, got.params) <= TOL["f32"]

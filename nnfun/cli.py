@@ -8,9 +8,11 @@ exits with 1; an interrupted run exits with 130 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
@@ -57,13 +59,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _stdout_kept_for_the_summary() -> Iterator[None]:
+    """Sends whatever is written to file descriptor 1 while training (native libraries write
+    there: gloo prints a line per process when it connects) to stderr, so that stdout carries
+    the JSON summary alone."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real descriptors (an embedding host): leave them be
+        yield
+        return
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _train(args: argparse.Namespace) -> int:
     from nnfun.config import load_config
     from nnfun.run import default_run_dir, train_run
 
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
-    summary = train_run(config, run_dir, quiet=args.quiet)
+    with _stdout_kept_for_the_summary():
+        summary = train_run(config, run_dir, quiet=args.quiet)
     from nnfun.distributed import is_lead
 
     if is_lead():  # one summary per run, not one per process
@@ -74,7 +97,8 @@ def _train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from nnfun.run import resume_run
 
-    summary = resume_run(args.run_dir, quiet=args.quiet, overrides=args.overrides)
+    with _stdout_kept_for_the_summary():
+        summary = resume_run(args.run_dir, quiet=args.quiet, overrides=args.overrides)
     from nnfun.distributed import is_lead
 
     if is_lead():

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
@@ -79,31 +79,32 @@ def _stdout_kept_for_the_summary() -> Iterator[None]:
         os.close(saved)
 
 
+def _run_and_print_summary(run: Callable[[], dict]) -> int:
+    """Runs a training call with stdout kept for its JSON summary, printed by process 0 only
+    (one summary per run, not one per process)."""
+    with _stdout_kept_for_the_summary():
+        summary = run()
+    from nnfun.distributed import is_lead
+
+    if is_lead():
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from nnfun.config import load_config
     from nnfun.run import default_run_dir, train_run
 
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
-    with _stdout_kept_for_the_summary():
-        summary = train_run(config, run_dir, quiet=args.quiet)
-    from nnfun.distributed import is_lead
-
-    if is_lead():  # one summary per run, not one per process
-        print(json.dumps(summary, indent=2))
-    return 0
+    return _run_and_print_summary(lambda: train_run(config, run_dir, quiet=args.quiet))
 
 
 def _resume(args: argparse.Namespace) -> int:
     from nnfun.run import resume_run
 
-    with _stdout_kept_for_the_summary():
-        summary = resume_run(args.run_dir, quiet=args.quiet, overrides=args.overrides)
-    from nnfun.distributed import is_lead
-
-    if is_lead():
-        print(json.dumps(summary, indent=2))
-    return 0
+    return _run_and_print_summary(lambda: resume_run(args.run_dir, quiet=args.quiet,
+                                                     overrides=args.overrides))
 
 
 def _eval(args: argparse.Namespace) -> int:

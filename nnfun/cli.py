@@ -150,6 +150,11 @@ def _info(args: argparse.Namespace) -> int:
           + ", ".join(str(d) for d in jax.devices()))
     print(f"local devices {jax.local_device_count()}: "
           + ", ".join(str(d) for d in jax.local_devices()))
+    from nnfun.train import compiler_options
+
+    options = compiler_options()
+    print("compiler options " + (", ".join(f"{k}={v}" for k, v in options.items())
+                                 if options else "XLA's defaults"))
     return 0
 
 

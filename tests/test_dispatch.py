@@ -6,19 +6,27 @@
 - On a CPU, `nnfun.layers` computes small convolutions of narrow inputs as one im2col matmul
   and the rest with `lax.conv_general_dilated`; both must give the same values and gradients
   (float64, 1e-10).
+- On a CPU, nnfun compiles its steps with `train.CPU_COMPILER_OPTIONS`, which keep every
+  convolution out of XLA:CPU's YNNPACK library calls (measured 1.9-2.7x slower than XLA's own
+  convolution on wide layers); the compiled program must show it, compute what XLA's defaults
+  compute, and a jaxlib that rejects the options must fall back to the defaults with a warning.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from nnfun import layers as L
-from nnfun import models
+from nnfun import models, train
 from nnfun.gradcheck import relative_error
+from nnfun.spec import LossSpec
 from nnfun.train import choose_dispatch
 
 TOL = 1e-10
@@ -149,3 +157,75 @@ def test_im2col_patch_order_matches_the_kernel_layout():
             w = jnp.zeros((3, 2, 2, 1), jnp.float64).at[i, j, c, 0].set(1.0)
             got = L._conv_im2col(x, w, (1, 1), "VALID")[..., 0]
             assert jnp.array_equal(got, x[:, i:i + 3, j:j + 3, c])
+
+
+# --------------------------------------------------------------------------- XLA:CPU options
+
+
+def _library_calls_with_a_convolution(hlo: str) -> list[str]:
+    """Names of the library (YNNPACK / XNNPACK / oneDNN) fusions whose body has a convolution."""
+    bodies = dict(re.findall(r"^%?([\w.-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M))
+    return [m.group(1) for m in re.finditer(r'calls=%?([\w.-]+),[^\n]*"kind":"__(ynn|xnn|onednn)',
+                                            hlo)
+            if "convolution(" in bodies.get(m.group(1), "")]
+
+
+def _lenet_like_step(options_cleared: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    if options_cleared:
+        monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS", {})
+    model = models.cnn([16, 32], [16], 10)  # 3x3 kernels; the 8x8x16 -> 32 layer is wide enough
+    opt = optax.adam(1e-3)
+    state = train.init_train_state(0, model.layers, (16, 16, 1), opt)
+    body = train.make_step_body(model.layers, LossSpec.make("softmax_cross_entropy"), (), opt)
+    step = train.make_indexed_step(body)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 16, 16, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
+    idx = jnp.arange(16)
+    return step, state, x, y, idx
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_cpu_steps_keep_convolutions_out_of_library_calls(monkeypatch):
+    assert train.compiler_options() == train.CPU_COMPILER_OPTIONS
+    step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
+    hlo = step.lower(state, x, y, idx).compile().as_text()
+    assert "convolution(" in hlo
+    assert _library_calls_with_a_convolution(hlo) == []
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_the_check_above_can_fail_under_xla_defaults(monkeypatch):
+    """Under XLA's defaults this jaxlib does put convolutions into YNNPACK calls; if a future
+    jaxlib stops doing so, the options (and this pair of tests) can go."""
+    step, state, x, y, idx = _lenet_like_step(True, monkeypatch)
+    assert train.compiler_options() is None
+    hlo = step.lower(state, x, y, idx).compile().as_text()
+    assert _library_calls_with_a_convolution(hlo)
+
+
+def test_steps_with_and_without_the_options_compute_the_same(monkeypatch):
+    out = []
+    for cleared in (False, True):
+        step, state, x, y, idx = _lenet_like_step(cleared, monkeypatch)
+        for i in range(3):
+            state, metrics = step(state, x, y, (idx + 8 * i) % 32)
+        out.append((jax.tree.leaves(state.params), float(metrics["loss"])))
+    for a, b in zip(out[0][0], out[1][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert out[0][1] == pytest.approx(out[1][1], rel=1e-5)
+
+
+def test_other_backends_get_xla_defaults():
+    assert train.compiler_options("gpu") is None
+    assert train.compiler_options("tpu") is None
+
+
+def test_options_a_jaxlib_rejects_fall_back_to_the_defaults(monkeypatch):
+    monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS",
+                        {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
+    with pytest.warns(RuntimeWarning, match="did not accept CPU_COMPILER_OPTIONS"):
+        assert train.compiler_options("cpu") is None
+    step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
+    state, metrics = step(state, x, y, idx)
+    assert np.isfinite(float(metrics["loss"]))

@@ -20,10 +20,12 @@ Method (results.md points here):
   OMP_WAIT_POLICY=PASSIVE, which on a loaded machine is often many times faster; the peer
   comparisons take the better of the two.
 - Diagnostic variants of nnfun's automatic choice: ``@lax`` forces its convolutions onto
-  lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only); nnfun's
-  variants sample the per-layer gradient-norm metric every min(10, steps) steps, as
-  ``nnfun train`` does by default; ``@nonorms`` drops it (``grad_norm_every=0``) and
-  ``@everystep`` measures it on every step (``grad_norm_every=1``).
+  lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only);
+  ``@xladefaults`` compiles with XLA's default options instead of
+  ``nnfun.train.CPU_COMPILER_OPTIONS`` (conv models only; on MLPs they were within noise, see
+  xla_options.py); nnfun's variants sample the per-layer gradient-norm metric every
+  min(10, steps) steps, as ``nnfun train`` does by default; ``@nonorms`` drops it
+  (``grad_norm_every=0``) and ``@everystep`` measures it on every step (``grad_norm_every=1``).
 - GEMM limit: a float32 (2048 x 2048) @ (2048 x 2048) matmul is timed in every round, between
   the variants, with NumPy and with XLA's jitted dot; a round's limit is the faster of the two
   (each its best of 3), and the limit is the median over rounds. (Under background load
@@ -567,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
             auto = f"nnfun-autodiff-{nnfun_auto_dispatch(m)}"
             vs += [auto + fw.NO_NORMS, auto + fw.EVERY_STEP]
             if any(op[0].startswith("conv") for op in MODELS[m][0]):
-                vs.append(auto + fw.CONV_AB)
+                vs += [auto + fw.CONV_AB, auto + fw.XLA_DEFAULTS]
         steps = a.steps or MODELS[m][3][0 if a.quick else 1]
         print(f"{m}: {len(vs)} variants, {steps} steps x {rounds} rounds", flush=True)
         results[m] = bench_model(m, vs, rounds, steps)

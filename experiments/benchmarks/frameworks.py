@@ -160,10 +160,15 @@ class NnfunRunner(_JaxData):
         body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
                                     engine=self.engine, grad_norm_every=every)
         self.epoch_no = 0
-        if self.dispatch == "scan":
-            self.fn = train.make_epoch_fn(body, self.batch)
-        else:
-            self.fn = train.make_indexed_step(body)
+        shipped = dict(train.CPU_COMPILER_OPTIONS)
+        if self.option == "xladefaults":  # the A/B of nnfun's CPU compiler options
+            train.CPU_COMPILER_OPTIONS.clear()
+        try:
+            self.fn = (train.make_epoch_fn(body, self.batch) if self.dispatch == "scan"
+                       else train.make_indexed_step(body))
+        finally:
+            train.CPU_COMPILER_OPTIONS.update(shipped)
+        if self.dispatch != "scan":
             self.idx = list(train.epoch_permutation(self.state.key, 0, self.x.shape[0],
                                                     self.batch))
             _block(self.idx)
@@ -657,8 +662,10 @@ VARIANTS = {
 #: Diagnostic variants of nnfun's automatic choice: "@lax" forces its convolutions onto lax.conv
 #: (the A/B of the CPU im2col switch, conv models only); "@nonorms" drops the per-layer gradient
 #: norms (grad_norm_every=0) that the default samples every 10 steps, "@everystep" measures them
-#: on every step (grad_norm_every=1, the default before 2026-11-30).
+#: on every step (grad_norm_every=1, the default before 2026-11-30); "@xladefaults" compiles with
+#: XLA's defaults instead of `nnfun.train.CPU_COMPILER_OPTIONS` (the A/B of those options).
 CONV_AB = "@lax"
+XLA_DEFAULTS = "@xladefaults"
 NO_NORMS = "@nonorms"
 EVERY_STEP = "@everystep"
 #: variants timed in a process of their own (see bench.Worker), with extra environment.

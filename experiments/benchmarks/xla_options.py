@@ -1,0 +1,163 @@
+"""XLA:CPU's default library calls against `nnfun.train.CPU_COMPILER_OPTIONS`, side by side.
+
+    python experiments/benchmarks/xla_options.py               # ~6 min on 2 cores
+    python experiments/benchmarks/xla_options.py --rounds 3 --models lenet
+
+jax 0.10's XLA:CPU hands single dots, convolutions and reductions to the YNNPACK library by
+default. nnfun compiles its steps with `CPU_COMPILER_OPTIONS`, which keep YNNPACK for single
+dots only, so convolutions run on XLA's own kernels. This measures both, interleaved in the same
+rounds (medians, ms):
+
+1. single convolutions of the benchmark models' shapes: forward plus the input and weight
+   gradients in one jitted call, compiled once with XLA's defaults and once with the options;
+2. nnfun's train step on the benchmark models (bench.py's MODELS, nnfun's automatic dispatch),
+   built once with `CPU_COMPILER_OPTIONS` cleared (XLA's defaults) and once as shipped.
+
+Writes xla_options.md next to this file (--out to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+import frameworks as fw  # noqa: E402
+
+#: name -> (input shape (N, *spatial, C_in), kernel shape (*K, C_in, C_out)); SAME padding.
+CONVS = {
+    "LeNet conv 1: 28x28x1, 5x5 -> 32, batch 128": ((128, 28, 28, 1), (5, 5, 1, 32)),
+    "LeNet conv 2: 14x14x32, 5x5 -> 64, batch 128": ((128, 14, 14, 32), (5, 5, 32, 64)),
+    "16x16x16, 3x3 -> 32, batch 64": ((64, 16, 16, 16), (3, 3, 16, 32)),
+    "digits conv 2: 4x4x32, 3x3 -> 64, batch 32": ((32, 4, 4, 32), (3, 3, 32, 64)),
+    "MNIST-1D conv 2: 20x32, 5 -> 64, batch 100": ((100, 20, 32), (5, 32, 64)),
+    "MNIST-1D conv 3: 10x64, 5 -> 64, batch 100": ((100, 10, 64), (5, 64, 64)),
+}
+CONV_MODELS = ("lenet", "digits_cnn", "mnist1d_cnn")
+OTHER_MODELS = ("mlp", "mlp_small")
+
+
+def _timed(fn, reps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
+def conv_table(rounds: int) -> list[tuple[str, float, float]]:
+    import jax
+    import jax.numpy as jnp
+
+    from nnfun.layers import _conv_lax
+    from nnfun.train import CPU_COMPILER_OPTIONS
+
+    rows = []
+    for name, (xs, ws) in CONVS.items():
+        key = jax.random.PRNGKey(0)
+        x, w = jax.random.normal(key, xs), jax.random.normal(key, ws) * 0.1
+        stride = (1,) * (len(xs) - 2)
+
+        def fwd_and_grads(x, w, g, stride=stride):
+            y, back = jax.vjp(lambda x, w: _conv_lax(x, w, stride, "SAME"), x, w)
+            return y, back(g)
+
+        g = jnp.ones_like(_conv_lax(x, w, stride, "SAME"))
+        low = jax.jit(fwd_and_grads).lower(x, w, g)
+        calls = {"defaults": low.compile(), "options": low.compile(
+            compiler_options=dict(CPU_COMPILER_OPTIONS))}
+        run = {k: (lambda c=c, args=(x, w, g): jax.block_until_ready(c(*args)))
+               for k, c in calls.items()}
+        for f in run.values():
+            f()
+        reps = max(1, int(0.2 / max(_timed(run["options"], 1), 1e-6)))
+        times = {k: [] for k in run}
+        for _ in range(rounds):
+            for k in random.sample(list(run), len(run)):
+                times[k].append(_timed(run[k], reps))
+        d, o = (float(np.median(times[k])) * 1e3 for k in ("defaults", "options"))
+        rows.append((name, d, o))
+        print(f"  {name}: XLA defaults {d:.3f} ms, nnfun's options {o:.3f} ms ({d / o:.2f}x)",
+              flush=True)
+    return rows
+
+
+def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]:
+    from nnfun import train
+
+    shipped = dict(train.CPU_COMPILER_OPTIONS)
+    rows = []
+    for m in models:
+        ops, shape, batch, steps, _ = bench.MODELS[m]
+        steps = steps[0]
+        data = bench.make_data(m, steps)
+        variant = f"nnfun-autodiff-{bench.nnfun_auto_dispatch(m)}"
+        runners = {}
+        for label, options in (("defaults", {}), ("options", shipped)):
+            train.CPU_COMPILER_OPTIONS.clear()
+            train.CPU_COMPILER_OPTIONS.update(options)
+            r = fw.make_runner(variant, ops, shape, batch, steps)
+            r.prepare(*data)
+            r.build()
+            bench.first_call(r)
+            runners[label] = r
+        train.CPU_COMPILER_OPTIONS.update(shipped)
+        times = {k: [] for k in runners}
+        for _ in range(rounds):
+            for k in random.sample(list(runners), len(runners)):
+                times[k].append(bench.timed_epoch(runners[k]) / steps)
+        d, o = (float(np.median(times[k])) * 1e3 for k in ("defaults", "options"))
+        rows.append((f"{m} ({variant})", d, o))
+        print(f"  {m}: XLA defaults {d:.3f} ms/step, nnfun's options {o:.3f} ms/step "
+              f"({d / o:.2f}x)", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--models", default=",".join(CONV_MODELS + OTHER_MODELS))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "xla_options.md"))
+    a = p.parse_args(argv)
+    import jax
+
+    from nnfun.train import CPU_COMPILER_OPTIONS, compiler_options
+
+    if jax.default_backend() != "cpu" or not compiler_options():
+        sys.exit("xla_options.py: needs a CPU backend whose XLA accepts CPU_COMPILER_OPTIONS")
+    t0 = time.time()
+    print("single convolutions (forward + input and weight gradients):", flush=True)
+    convs = conv_table(a.rounds)
+    print("nnfun train steps:", flush=True)
+    steps = step_table(a.models.split(","), a.rounds)
+    lines = [
+        "# XLA:CPU's defaults against nnfun's CPU compiler options",
+        "",
+        f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {bench.machine()}, "
+        f"jax {jax.__version__}, by `python experiments/benchmarks/xla_options.py "
+        f"--rounds {a.rounds}` ({time.time() - t0:.0f} s); medians of {a.rounds} interleaved "
+        "rounds. nnfun's options: "
+        + ", ".join(f"`{k}={v}`" for k, v in CPU_COMPILER_OPTIONS.items()) + ".",
+        "",
+        "| convolution (forward + both gradients) | XLA defaults, ms | nnfun's options, ms | "
+        "speed-up |",
+        "|---|---:|---:|---:|",
+        *(f"| {n} | {d:.3f} | {o:.3f} | {d / o:.2f}x |" for n, d, o in convs),
+        "",
+        "| nnfun train step | XLA defaults, ms | nnfun's options, ms | speed-up |",
+        "|---|---:|---:|---:|",
+        *(f"| {n} | {d:.3f} | {o:.3f} | {d / o:.2f}x |" for n, d, o in steps),
+        "",
+    ]
+    Path(a.out).write_text("\n".join(lines))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,8 @@ Contract, shared with the hand-written reference `nnfun.manual.layers`:
 Convolutions are `lax.conv_general_dilated`, except on a CPU backend for small convolutions of
 narrow inputs (a patch row of prod(K) * C_in values no longer than C_out, patches of at most
 `IM2COL_MAX_BYTES`), where one im2col matmul runs faster; the choice is made at trace time
-(`_use_im2col`) and both give the same result.
+(`_use_im2col`) and both give the same result. Likewise a CPU adds a bias to a tall output as
+an outer product (`_add_bias`, `BIAS_MATMUL_MIN_ROWS`), so that its gradient is a matmul.
 
 Padding "SAME" follows XLA: per spatial dimension out = ceil(in / stride), the total padding
 max((out - 1) * stride + k - in, 0) split with the smaller half before. Max pooling computes the
@@ -59,11 +60,26 @@ def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+#: Rows (product of the leading axes) from which a CPU adds a bias as an outer product.
+BIAS_MATMUL_MIN_ROWS = 2048
+
+
 def _add_bias(out: Array, params: Params) -> Array:
-    """out + b, with b broadcast explicitly over the leading axes (rank-promotion safe)."""
+    """out + b, with b broadcast explicitly over the leading axes (rank-promotion safe).
+
+    On a CPU backend, for outputs of at least `BIAS_MATMUL_MIN_ROWS` rows (convolutions), the
+    broadcast is written as the outer product ones(rows) b^T, the same values, so that the
+    bias gradient is the matrix-vector product 1^T dout: XLA:CPU's reduction of a tall
+    (rows, C) array ran about 4x slower than that product (LeNet's first layer, 100,352 x 32:
+    7.7 vs 2.0 ms). Interleaved A/B of whole train steps on 2 cores: LeNet-like 159 -> 150 ms,
+    MNIST-1D CNN 5.8 -> 5.1 ms, digits CNN unchanged.
+    """
     if "b" not in params:
         return out
     b = params["b"]
+    rows = math.prod(out.shape[:out.ndim - b.ndim])
+    if b.ndim == 1 and rows >= BIAS_MATMUL_MIN_ROWS and jax.default_backend() == "cpu":
+        return out + (jnp.ones((rows, 1), b.dtype) @ b[None, :]).reshape(out.shape)
     return out + b.reshape((1,) * (out.ndim - b.ndim) + b.shape)
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import jax
@@ -229,3 +230,40 @@ def test_options_a_jaxlib_rejects_fall_back_to_the_defaults(monkeypatch):
     step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
     state, metrics = step(state, x, y, idx)
     assert np.isfinite(float(metrics["loss"]))
+
+
+# --------------------------------------------------------------------------- bias as a product
+
+
+@pytest.mark.parametrize("out_shape", [(4, 25, 23, 3), (2048, 5), (3, 700, 2)])
+def test_bias_outer_product_equals_the_broadcast(out_shape, monkeypatch):
+    """Above `BIAS_MATMUL_MIN_ROWS` rows a CPU adds the bias as ones(rows) b^T; values and
+    gradients equal the broadcast (float64)."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        out = jnp.asarray(rng.normal(size=out_shape))
+        b = jnp.asarray(rng.normal(size=out_shape[-1:]))
+        g = jnp.asarray(rng.normal(size=out_shape))
+
+        def value_and_grads(fn):
+            y, back = jax.vjp(lambda o, b: fn(o, {"b": b}), out, b)
+            return (y, *back(g))
+
+        fast = value_and_grads(L._add_bias)
+        assert math.prod(out_shape[:-1]) >= L.BIAS_MATMUL_MIN_ROWS
+        monkeypatch.setattr(L, "BIAS_MATMUL_MIN_ROWS", 10**9)
+        plain = value_and_grads(L._add_bias)
+        for a, p in zip(fast, plain):
+            assert a.dtype == p.dtype == jnp.float64
+            assert relative_error(a, p)[1] <= 1e-12
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU lowering")
+def test_the_bias_product_is_used_for_tall_outputs_only():
+    def lowered(shape):
+        out, b = jnp.ones(shape), jnp.ones(shape[-1:])
+        return jax.jit(lambda o, b: L._add_bias(o, {"b": b})).lower(out, b).as_text()
+
+    assert "dot_general" in lowered((8, 16, 16, 4))  # 2,048 rows
+    assert "dot_general" not in lowered((8, 15, 16, 4))  # 1,920 rows
+    assert "dot_general" not in lowered((128, 10))

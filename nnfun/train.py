@@ -44,10 +44,11 @@ _SHUFFLE, _DROPOUT = 1, 2
 #: (jax 0.10) hands single dots, convolutions and reductions to the YNNPACK library by default,
 #: and its reduction fusions can pull a convolution in with them; this keeps YNNPACK for single
 #: dots only, so every convolution runs on XLA's own (Eigen) kernels. Measured on 2 cores by
-#: ``python experiments/benchmarks/xla_options.py``: a convolution's forward plus both gradients
-#: about 2.7x faster on LeNet's 5x5x32 -> 64 layer at batch 128, 1.9x on a 3x3x16 -> 32 layer
-#: at 16x16, equal within noise on the small digits and MNIST-1D layers; a LeNet-like train
-#: step about 1.5x faster; MLPs within noise. Edit or clear this dict before building steps.
+#: ``python experiments/benchmarks/xla_options.py`` (results in xla_options.md next to it): a
+#: convolution's forward plus both gradients 2.3x faster on LeNet's 5x5x32 -> 64 layer at
+#: batch 128, 2.0x on a 16x16x16, 3x3 -> 32 layer, equal on the small digits and MNIST-1D
+#: layers; train steps: LeNet-like 1.9x, digits CNN 1.2x, MNIST-1D CNN and MLPs within noise.
+#: Edit or clear this dict before building steps.
 CPU_COMPILER_OPTIONS: dict[str, Any] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }

@@ -1,6 +1,6 @@
 """XLA:CPU's default library calls against `nnfun.train.CPU_COMPILER_OPTIONS`, side by side.
 
-    python experiments/benchmarks/xla_options.py               # ~6 min on 2 cores
+    python experiments/benchmarks/xla_options.py               # ~2 min on 2 cores
     python experiments/benchmarks/xla_options.py --rounds 3 --models lenet
 
 jax 0.10's XLA:CPU hands single dots, convolutions and reductions to the YNNPACK library by

@@ -153,8 +153,8 @@ def _info(args: argparse.Namespace) -> int:
     from nnfun.train import compiler_options
 
     options = compiler_options()
-    print("compiler options " + (", ".join(f"{k}={v}" for k, v in options.items())
-                                 if options else "XLA's defaults"))
+    shown = ", ".join(f"{k}={v}" for k, v in options.items()) if options else "XLA's defaults"
+    print(f"compiler options for conv models {shown}")
     return 0
 
 

@@ -271,8 +271,10 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine,
                                            grad_norm_every=gn_every), state)
     dispatch = train.choose_dispatch(model.layers, tc.dispatch)
-    run_epoch = train.make_epoch_fn(body, bs) if dispatch == "scan" else None
-    run_step = train.make_indexed_step(body) if dispatch == "loop" else None
+    run_epoch = (train.make_epoch_fn(body, bs, layers=model.layers) if dispatch == "scan"
+                 else None)
+    run_step = (train.make_indexed_step(body, layers=model.layers) if dispatch == "loop"
+                else None)
     permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
     evaluate = train.make_eval_fn(model.layers, loss, ds.num_classes)
     crosscheck = (train.make_engine_crosscheck(model.layers, loss, regs)

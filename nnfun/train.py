@@ -11,9 +11,9 @@ keys (``fold_in(fold_in(key, 2), step)``), so a run can be stopped and resumed e
 The batch axis is the leading axis of every array in a batch, so it can be sharded across
 devices with `jax.sharding` without changing these functions.
 
-Every function compiled here is compiled with `compiler_options()`: on a CPU backend they keep
-XLA's own convolution instead of the YNNPACK library call that XLA:CPU uses by default (see
-`CPU_COMPILER_OPTIONS`); on other backends they are XLA's defaults.
+Every function compiled here is compiled with `compiler_options(layers)`: on a CPU backend, for
+a model with convolutions, they keep XLA's own convolution instead of the YNNPACK library call
+that XLA:CPU uses by default (see `CPU_COMPILER_OPTIONS`); otherwise XLA's defaults.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ _SHUFFLE, _DROPOUT = 1, 2
 #: ``python experiments/benchmarks/xla_options.py`` (results in xla_options.md next to it): a
 #: convolution's forward plus both gradients 2.3x faster on LeNet's 5x5x32 -> 64 layer at
 #: batch 128, 2.0x on a 16x16x16, 3x3 -> 32 layer, equal on the small digits and MNIST-1D
-#: layers; train steps: LeNet-like 1.9x, digits CNN 1.2x, MNIST-1D CNN and MLPs within noise.
+#: layers; train steps: LeNet-like 1.9x, digits CNN 1.1-1.2x, MNIST-1D CNN and MLPs within
+#: noise, so `compiler_options` gives them to models with convolutions only.
 #: Edit or clear this dict before building steps.
 CPU_COMPILER_OPTIONS: dict[str, Any] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
@@ -67,18 +68,23 @@ def _accepted(options: tuple[tuple[str, Any], ...]) -> bool:
     return True
 
 
-def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
-    """The ``compiler_options`` nnfun passes to `jax.jit`: `CPU_COMPILER_OPTIONS` on a CPU backend
-    (when this jaxlib accepts them), None (XLA's defaults) elsewhere. `backend` defaults to
-    `jax.default_backend()`."""
+def compiler_options(layers: Sequence[LayerSpec] | None = None,
+                     backend: str | None = None) -> dict[str, Any] | None:
+    """The ``compiler_options`` nnfun passes to `jax.jit` for a model made of `layers`:
+    `CPU_COMPILER_OPTIONS` on a CPU backend (when this jaxlib accepts them) for a model with a
+    convolution, or when `layers` is None (not known); None (XLA's defaults) for models without
+    convolutions, where the options made no measurable difference, and on other backends.
+    `backend` defaults to `jax.default_backend()`."""
     if (backend or jax.default_backend()) != "cpu" or not CPU_COMPILER_OPTIONS:
+        return None
+    if layers is not None and not uses_convolution(layers):
         return None
     options = tuple(sorted(CPU_COMPILER_OPTIONS.items()))
     return dict(options) if _accepted(options) else None
 
 
-def _jit(fun: Callable, **kwargs: Any) -> Callable:
-    return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
+def _jit(fun: Callable, layers: Sequence[LayerSpec] | None, **kwargs: Any) -> Callable:
+    return jax.jit(fun, compiler_options=compiler_options(layers), **kwargs)
 
 
 class TrainState(NamedTuple):
@@ -182,7 +188,7 @@ def make_train_step(layers: Sequence[LayerSpec], loss: LossSpec,
     `grad_norm_every` as in `make_step_body`."""
     body = make_step_body(layers, loss, regularizers, optimizer, engine=engine,
                           grad_norm_every=grad_norm_every)
-    return _jit(body, donate_argnums=(0,) if donate else ())
+    return _jit(body, layers, donate_argnums=(0,) if donate else ())
 
 
 def epoch_permutation(key: Array, epoch: Array | int, num_examples: int, batch_size: int) -> Array:
@@ -194,20 +200,24 @@ def epoch_permutation(key: Array, epoch: Array | int, num_examples: int, batch_s
 
 
 def make_epoch_fn(step_body: Callable[[TrainState, Batch], tuple], batch_size: int, *,
-                  unroll: int | bool = 1) -> Callable[..., tuple]:
+                  unroll: int | bool = 1,
+                  layers: Sequence[LayerSpec] | None = None) -> Callable[..., tuple]:
     """One shuffled epoch in one compiled call: ``(state, x, y, epoch) -> (state, metrics)``
-    where each metric is stacked over the epoch's steps. `state` is donated."""
+    where each metric is stacked over the epoch's steps. `state` is donated. `layers` (the
+    model's) picks the `compiler_options`."""
 
     def epoch_fn(state: TrainState, x: Array, y: Array, epoch: Array) -> tuple:
         idx = epoch_permutation(state.key, epoch, x.shape[0], batch_size)
         return jax.lax.scan(lambda s, i: step_body(s, (x[i], y[i])), state, idx, unroll=unroll)
 
-    return _jit(epoch_fn, donate_argnums=(0,))
+    return _jit(epoch_fn, layers, donate_argnums=(0,))
 
 
-def make_indexed_step(step_body: Callable[[TrainState, Batch], tuple]) -> Callable[..., tuple]:
-    """A jitted ``(state, x, y, idx) -> (state, metrics)`` that gathers its batch on device."""
-    return _jit(lambda s, x, y, i: step_body(s, (x[i], y[i])), donate_argnums=(0,))
+def make_indexed_step(step_body: Callable[[TrainState, Batch], tuple], *,
+                      layers: Sequence[LayerSpec] | None = None) -> Callable[..., tuple]:
+    """A jitted ``(state, x, y, idx) -> (state, metrics)`` that gathers its batch on device.
+    `layers` (the model's) picks the `compiler_options`."""
+    return _jit(lambda s, x, y, i: step_body(s, (x[i], y[i])), layers, donate_argnums=(0,))
 
 
 def uses_convolution(layers: Sequence[LayerSpec]) -> bool:
@@ -279,7 +289,7 @@ def make_eval_fn(layers: Sequence[LayerSpec], loss: LossSpec, num_classes: int, 
             out["per_class_accuracy"] = (hit @ onehot) / jnp.maximum(onehot.sum(0), 1.0)
         return out
 
-    return _jit(evaluate)
+    return _jit(evaluate, layers)
 
 
 def make_engine_crosscheck(layers: Sequence[LayerSpec], loss: LossSpec,
@@ -296,4 +306,4 @@ def make_engine_crosscheck(layers: Sequence[LayerSpec], loss: LossSpec,
         leaves = jax.tree_util.tree_leaves(rel)
         return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
 
-    return _jit(check)
+    return _jit(check, layers)

@@ -6,10 +6,10 @@
 - On a CPU, `nnfun.layers` computes small convolutions of narrow inputs as one im2col matmul
   and the rest with `lax.conv_general_dilated`; both must give the same values and gradients
   (float64, 1e-10).
-- On a CPU, nnfun compiles its steps with `train.CPU_COMPILER_OPTIONS`, which keep every
-  convolution out of XLA:CPU's YNNPACK library calls (measured 1.9-2.7x slower than XLA's own
-  convolution on wide layers); the compiled program must show it, compute what XLA's defaults
-  compute, and a jaxlib that rejects the options must fall back to the defaults with a warning.
+- On a CPU, nnfun compiles the steps of conv models with `train.CPU_COMPILER_OPTIONS`, which
+  keep every convolution out of XLA:CPU's YNNPACK library calls (measured 2.0-2.3x slower than
+  XLA's own convolution on wide layers); the compiled program must show it, compute what XLA's
+  defaults compute, and a jaxlib that rejects the options must fall back with a warning.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def _lenet_like_step(options_cleared: bool, monkeypatch: pytest.MonkeyPatch) -> 
     opt = optax.adam(1e-3)
     state = train.init_train_state(0, model.layers, (16, 16, 1), opt)
     body = train.make_step_body(model.layers, LossSpec.make("softmax_cross_entropy"), (), opt)
-    step = train.make_indexed_step(body)
+    step = train.make_indexed_step(body, layers=model.layers)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(32, 16, 16, 1)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
@@ -217,16 +217,23 @@ def test_steps_with_and_without_the_options_compute_the_same(monkeypatch):
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_only_models_with_convolutions_get_the_options():
+    assert train.compiler_options(CONV_MODELS["cnn1d"].layers) == train.CPU_COMPILER_OPTIONS
+    assert train.compiler_options(None) == train.CPU_COMPILER_OPTIONS  # model not known
+    assert train.compiler_options(models.mlp([16], 3).layers) is None
+
+
 def test_other_backends_get_xla_defaults():
-    assert train.compiler_options("gpu") is None
-    assert train.compiler_options("tpu") is None
+    assert train.compiler_options(backend="gpu") is None
+    assert train.compiler_options(CONV_MODELS["cnn2d"].layers, backend="tpu") is None
 
 
 def test_options_a_jaxlib_rejects_fall_back_to_the_defaults(monkeypatch):
     monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS",
                         {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
     with pytest.warns(RuntimeWarning, match="did not accept CPU_COMPILER_OPTIONS"):
-        assert train.compiler_options("cpu") is None
+        assert train.compiler_options(backend="cpu") is None
     step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
     state, metrics = step(state, x, y, idx)
     assert np.isfinite(float(metrics["loss"]))

@@ -164,8 +164,8 @@ class NnfunRunner(_JaxData):
         if self.option == "xladefaults":  # the A/B of nnfun's CPU compiler options
             train.CPU_COMPILER_OPTIONS.clear()
         try:
-            self.fn = (train.make_epoch_fn(body, self.batch) if self.dispatch == "scan"
-                       else train.make_indexed_step(body))
+            self.fn = (train.make_epoch_fn(body, self.batch, layers=layers)
+                       if self.dispatch == "scan" else train.make_indexed_step(body, layers=layers))
         finally:
             train.CPU_COMPILER_OPTIONS.update(shipped)
         if self.dispatch != "scan":

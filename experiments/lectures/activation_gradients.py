@@ -48,7 +48,8 @@ def train(name: str, activation: str, lr: float, ds) -> dict:
     state = init_train_state(0, model.layers, ds.input_shape, opt)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     dead0 = dead_fraction(model, state.params, x) if activation == "relu" else None
-    epoch_fn = make_epoch_fn(make_step_body(model.layers, LOSS, (), opt), BATCH)
+    epoch_fn = make_epoch_fn(make_step_body(model.layers, LOSS, (), opt), BATCH,
+                             layers=model.layers)
     norms, losses = [], []
     for e in range(EPOCHS):
         state, m = epoch_fn(state, x, y, jnp.asarray(e))

@@ -63,7 +63,7 @@ def main() -> None:
     layers = next(iter(models.values())).layers  # the apply path ignores init arguments
     opt = make_optimizer("sgd", 0.5, momentum=0.9)
     states = stack_states([init_train_state(SEED, m.layers, (2,), opt) for m in models.values()])
-    epoch = jax.vmap(make_epoch_fn(make_step_body(layers, LOSS, (), opt), BATCH),
+    epoch = jax.vmap(make_epoch_fn(make_step_body(layers, LOSS, (), opt), BATCH, layers=layers),
                      in_axes=(0, None, None, None))
     evaluate = make_eval_fn(layers, LOSS, 3)
     names = list(INITS)

@@ -59,7 +59,7 @@ def child(mode: str, epochs: int) -> dict:
     xs, ys = place.put_examples(jnp.asarray(x)), place.put_examples(jnp.asarray(y))
     body = place.step(train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (),
                                            opt), state)
-    run_epoch = train.make_epoch_fn(body, BATCH)
+    run_epoch = train.make_epoch_fn(body, BATCH, layers=layers)
     state, m = run_epoch(state, xs, ys, jnp.asarray(0))
     jax.block_until_ready(m)
     times = []

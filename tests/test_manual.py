@@ -352,6 +352,24 @@ def test_conv2d_matches_conv_general_dilated(h, w, kh, kw, sh, sw, c_in, padding
                  _randn(rng, 2, h, w, c_in), rng, stride=stride, padding=padding)
 
 
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(h=st.integers(1, 8), w=st.integers(1, 8), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), padding=st.sampled_from(["SAME", "VALID"]))
+def test_col2im_is_the_adjoint_of_im2col(h, w, kh, kw, sh, sw, padding):
+    """<patches(x), d> == <x, fold(d)> for every geometry (float64): col2im is im2col's
+    transpose, which is what the convolution and pooling backward rules rely on."""
+    from nnfun.manual import _windows as W
+
+    assume(padding == "SAME" or (h >= kh and w >= kw))
+    with jax.enable_x64(True):
+        g = W.make_window("t", (h, w), (kh, kw), (sh, sw), padding)
+        rng = _rng(h * 1000 + w * 100 + kh * 10 + kw)
+        x = jnp.asarray(rng.normal(size=(2, h, w, 3)))
+        d = jnp.asarray(rng.normal(size=(2, *g.out_hw, kh * kw, 3)))
+        lhs, rhs = jnp.vdot(W.patches(x, g), d), jnp.vdot(x, W.fold(d, g))
+        assert abs(float(lhs - rhs)) <= 1e-12 * max(1.0, abs(float(lhs)))
+
+
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_conv2d_finite_differences(padding):
     rng = _rng(5)

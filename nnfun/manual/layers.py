@@ -209,8 +209,10 @@ def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Params]:
     dparams = {"w": (cache.cols.T @ dout2).reshape(w.shape)}
     if cache.b is not None:
         # 1^T dout (the column sums) as a matrix-vector product: on a CPU XLA's reduction of
-        # the tall (N * OH * OW, C_out) array ran about 4x slower than this product.
-        dparams["b"] = jnp.ones(dout2.shape[0], dout2.dtype) @ dout2
+        # the tall (N * OH * OW, C_out) array ran about 4x slower than this product. Full
+        # precision, so that no backend rounds dout to a shorter float (TF32) for the sum.
+        dparams["b"] = jnp.dot(jnp.ones(dout2.shape[0], dout2.dtype), dout2,
+                               precision="highest")
     dcols = (dout2 @ w.reshape(-1, w.shape[3]).T).reshape(
         dout.shape[0], *g.out_hw, g.kernel[0] * g.kernel[1], w.shape[2])
     return _windows.fold(dcols, g), dparams

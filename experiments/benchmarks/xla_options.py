@@ -11,8 +11,8 @@ rounds (medians, ms):
 1. single convolutions of the benchmark models' shapes: forward plus the input and weight
    gradients in one jitted call, compiled once with XLA's defaults and once with the options;
 2. nnfun's train step on the benchmark models (bench.py's MODELS, nnfun's automatic dispatch),
-   built once with `CPU_COMPILER_OPTIONS` cleared (XLA's defaults) and once with them (forced
-   on the MLPs too, which nnfun itself compiles with XLA's defaults: this shows why).
+   built once as bench.py's ``@xladefaults`` variant (XLA's defaults) and once with the options
+   (forced on the MLPs too, which nnfun itself compiles with XLA's defaults: this shows why).
 
 Writes xla_options.md next to this file (--out to change).
 """
@@ -92,7 +92,6 @@ def conv_table(rounds: int) -> list[tuple[str, float, float]]:
 def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]:
     from nnfun import train
 
-    shipped = dict(train.CPU_COMPILER_OPTIONS)
     rows = []
     for m in models:
         ops, shape, batch, steps, _ = bench.MODELS[m]
@@ -104,17 +103,14 @@ def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]
         # nnfun gives models without convolutions XLA's defaults; forced here, to measure why.
         train.compiler_options = lambda layers=None, backend=None, c=chooser: c(None, backend)
         try:
-            for label, options in (("defaults", {}), ("options", shipped)):
-                train.CPU_COMPILER_OPTIONS.clear()
-                train.CPU_COMPILER_OPTIONS.update(options)
-                r = fw.make_runner(variant, ops, shape, batch, steps)
+            for label, name in (("defaults", variant + fw.XLA_DEFAULTS), ("options", variant)):
+                r = fw.make_runner(name, ops, shape, batch, steps)
                 r.prepare(*data)
                 r.build()
                 bench.first_call(r)
                 runners[label] = r
         finally:
             train.compiler_options = chooser
-            train.CPU_COMPILER_OPTIONS.update(shipped)
         times = {k: [] for k in runners}
         for _ in range(rounds):
             for k in random.sample(list(runners), len(runners)):

@@ -270,7 +270,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     gn_every = min(10, spe) if tc.grad_norm_every is None else tc.grad_norm_every
     body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine,
                                            grad_norm_every=gn_every), state)
-    dispatch = train.choose_dispatch(model.layers, tc.dispatch)
+    dispatch = train.choose_dispatch(model.layers, tc.dispatch, tc.engine)
     run_epoch = (train.make_epoch_fn(body, bs, layers=model.layers) if dispatch == "scan"
                  else None)
     run_step = (train.make_indexed_step(body, layers=model.layers) if dispatch == "loop"

@@ -1,0 +1,114 @@
+"""What XLA:CPU's per-call buffer allocations cost, and what keeping freed memory buys.
+
+    python experiments/benchmarks/host_memory.py                  # ~10 min on 2 cores
+    python experiments/benchmarks/host_memory.py --rounds 5 --cases lenet:nnfun-autodiff-loop
+
+XLA:CPU allocates a compiled call's scratch buffers and outputs with posix_memalign. glibc serves
+a block above its mmap threshold (32 MiB at most), or one its thread arenas cannot hold, with
+fresh pages from mmap and unmaps it at free, so a step whose buffers are that big pays a page
+fault and a zero-fill per 4 KiB page on every call. glibc can be told to keep freed memory
+instead, with no code change:
+
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647
+
+Each case runs in fresh processes, alternately with XLA's allocations as they are ("default")
+and with that setting ("retained"); per process: the runner of `frameworks.py` is built, two
+epochs warm it up, three epochs are timed. Reported: median step time over rounds, minor page
+faults per step (getrusage), and the process's peak RSS (VmHWM). Writes host_memory.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+            "glibc.malloc.trim_threshold=2147483647")
+CASES = ("lenet:nnfun-autodiff-loop", "lenet:jax-loop", "lenet:nnfun-manual-scan",
+         "mlp_b1024:nnfun-autodiff-scan", "digits_cnn:nnfun-autodiff-loop",
+         "mlp_small:nnfun-autodiff-scan", "mlp_small:haiku")
+
+
+def child(model: str, variant: str) -> None:
+    import resource
+
+    import bench
+    import frameworks as fw
+
+    ops, shape, batch, (_, steps), _ = bench.MODELS[model]
+    x, y = bench.make_data(model, steps)
+    r = fw.make_runner(variant, ops, shape, batch, steps)
+    r.prepare(x, y)
+    r.build()
+    r.epoch()
+    r.epoch()
+    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    for _ in range(3):
+        r.epoch()
+    seconds, faults = time.perf_counter() - t0, resource.getrusage(
+        resource.RUSAGE_SELF).ru_minflt - faults0
+    hwm = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    print(json.dumps({"ms": seconds / (3 * steps) * 1e3, "faults": faults / (3 * steps),
+                      "hwm_mib": hwm}))
+
+
+def run(case: str, retained: bool) -> dict:
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if retained:
+        env["GLIBC_TUNABLES"] = TUNABLES
+    out = subprocess.run([sys.executable, __file__, "--child", case], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default=",".join(CASES), help="model:variant,...")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=str(HERE / "host_memory.md"))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        return child(*a.child.split(":"))
+    rows = []
+    for case in a.cases.split(","):
+        got: dict[bool, list[dict]] = {False: [], True: []}
+        for k in range(a.rounds):
+            for retained in ((False, True) if k % 2 == 0 else (True, False)):
+                got[retained].append(run(case, retained))
+        med = {r: {key: float(np.median([g[key] for g in got[r]])) for key in got[r][0]}
+               for r in got}
+        rows.append((case, med[False], med[True]))
+        print(case, med, flush=True)
+    lines = ["# XLA:CPU buffer allocations: glibc's defaults vs freed memory retained", "",
+             f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
+             f"{os.cpu_count()} logical cores; {platform.platform()}",
+             f"- command: `python experiments/benchmarks/host_memory.py --rounds {a.rounds}`",
+             f"- retained: `GLIBC_TUNABLES={TUNABLES}`", "",
+             "| model: variant | step ms default | step ms retained | speed-up | "
+             "faults/step default | faults/step retained | peak RSS MiB default | "
+             "peak RSS MiB retained | RSS ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, d, r in rows:
+        lines.append(f"| {case} | {d['ms']:.3g} | {r['ms']:.3g} | {d['ms'] / r['ms']:.2f}x | "
+                     f"{d['faults']:,.0f} | {r['faults']:,.0f} | {d['hwm_mib']:,.0f} | "
+                     f"{r['hwm_mib']:,.0f} | {r['hwm_mib'] / d['hwm_mib']:.2f}x |")
+    Path(a.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """What XLA:CPU's per-call buffer allocations cost, and what keeping freed memory buys.
 
-    python experiments/benchmarks/host_memory.py                  # ~10 min on 2 cores
+    python experiments/benchmarks/host_memory.py                  # ~20 min on 2 cores
     python experiments/benchmarks/host_memory.py --rounds 5 --cases lenet:nnfun-autodiff-loop
 
 XLA:CPU allocates a compiled call's scratch buffers and outputs with posix_memalign. glibc serves

@@ -59,9 +59,8 @@ def child(model: str, variant: str) -> None:
         r.epoch()
     seconds, faults = time.perf_counter() - t0, resource.getrusage(
         resource.RUSAGE_SELF).ru_minflt - faults0
-    hwm = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
     print(json.dumps({"ms": seconds / (3 * steps) * 1e3, "faults": faults / (3 * steps),
-                      "hwm_mib": hwm}))
+                      "hwm_mib": bench._rss_kib("VmHWM") / 1024}))
 
 
 def run(case: str, retained: bool) -> dict:

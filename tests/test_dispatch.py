@@ -8,10 +8,13 @@
 - On a CPU, `nnfun.layers` computes small convolutions of narrow inputs as one im2col matmul
   and the rest with `lax.conv_general_dilated`; both must give the same values and gradients
   (float64, 1e-10).
-- On a CPU, nnfun compiles the steps of conv models with `train.CPU_COMPILER_OPTIONS`, which
-  keep every convolution out of XLA:CPU's YNNPACK library calls (measured 2.0-2.3x slower than
-  XLA's own convolution on wide layers); the compiled program must show it, compute what XLA's
-  defaults compute, and a jaxlib that rejects the options must fall back with a warning.
+- On a CPU, nnfun compiles the steps of conv models with `train.CPU_CONV_COMPILER_OPTIONS`,
+  which keep every convolution out of XLA:CPU's YNNPACK library calls (measured 2.0-2.3x slower
+  than XLA's own convolution on wide layers); the compiled program must show it, compute what
+  XLA's defaults compute, and a jaxlib that rejects the options must fall back with a warning.
+- On a CPU, every model's steps get `train.CPU_COMPILER_OPTIONS`, whose copy insertion drops
+  the per-step copy of the parameters in a scanned epoch: checked on the compiled epoch (and
+  that XLA's defaults do copy them), with bitwise the same parameters after an epoch.
 """
 
 from __future__ import annotations
@@ -199,7 +202,7 @@ def _library_calls_with_a_convolution(hlo: str) -> list[str]:
 
 def _lenet_like_step(options_cleared: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
     if options_cleared:
-        monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS", {})
+        monkeypatch.setattr(train, "CPU_CONV_COMPILER_OPTIONS", {})
     model = models.cnn([16, 32], [16], 10)  # 3x3 kernels; the 8x8x16 -> 32 layer is wide enough
     opt = optax.adam(1e-3)
     state = train.init_train_state(0, model.layers, (16, 16, 1), opt)
@@ -214,7 +217,8 @@ def _lenet_like_step(options_cleared: bool, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
 def test_cpu_steps_keep_convolutions_out_of_library_calls(monkeypatch):
-    assert train.compiler_options() == train.CPU_COMPILER_OPTIONS
+    assert train.compiler_options() == {**train.CPU_COMPILER_OPTIONS,
+                                        **train.CPU_CONV_COMPILER_OPTIONS}
     step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
     hlo = step.lower(state, x, y, idx).compile().as_text()
     assert "convolution(" in hlo
@@ -226,7 +230,7 @@ def test_the_check_above_can_fail_under_xla_defaults(monkeypatch):
     """Under XLA's defaults this jaxlib does put convolutions into YNNPACK calls; if a future
     jaxlib stops doing so, the options (and this pair of tests) can go."""
     step, state, x, y, idx = _lenet_like_step(True, monkeypatch)
-    assert train.compiler_options() is None
+    assert train.compiler_options() == train.CPU_COMPILER_OPTIONS
     hlo = step.lower(state, x, y, idx).compile().as_text()
     assert _library_calls_with_a_convolution(hlo)
 
@@ -244,10 +248,66 @@ def test_steps_with_and_without_the_options_compute_the_same(monkeypatch):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
-def test_only_models_with_convolutions_get_the_options():
-    assert train.compiler_options(CONV_MODELS["cnn1d"].layers) == train.CPU_COMPILER_OPTIONS
-    assert train.compiler_options(None) == train.CPU_COMPILER_OPTIONS  # model not known
+def test_only_models_with_convolutions_get_the_conv_options():
+    both = {**train.CPU_COMPILER_OPTIONS, **train.CPU_CONV_COMPILER_OPTIONS}
+    assert train.compiler_options(CONV_MODELS["cnn1d"].layers) == both
+    assert train.compiler_options(None) == both  # model not known
+    assert train.compiler_options(models.mlp([16], 3).layers) == train.CPU_COMPILER_OPTIONS
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+def test_no_options_left_means_xla_defaults(monkeypatch):
+    monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS", {})
     assert train.compiler_options(models.mlp([16], 3).layers) is None
+    monkeypatch.setattr(train, "CPU_CONV_COMPILER_OPTIONS", {})
+    assert train.compiler_options() is None
+
+
+def _scanned_mlp_epoch(cleared: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS",
+                        {} if cleared else dict(train.CPU_COMPILER_OPTIONS))
+    model = models.mlp([48, 32], 10)
+    opt = optax.adam(1e-3)
+    state = train.init_train_state(0, model.layers, (24,), opt)
+    body = train.make_step_body(model.layers, LossSpec.make("softmax_cross_entropy"), (), opt,
+                                grad_norm_every=0)
+    epoch = train.make_epoch_fn(body, 16, layers=model.layers)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 24)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
+    return epoch, state, x, y, model
+
+
+def _parameter_copies(hlo: str, params: list) -> list[str]:
+    """The copy ops of the compiled program whose result has a parameter's shape."""
+    shapes = {"f32[" + ",".join(map(str, leaf.shape)) + "]"
+              for leaf in jax.tree.leaves(params) if leaf.ndim == 2}
+    return [line for line in hlo.splitlines()
+            if " copy(" in line and line.split("= ", 1)[1].split("{")[0] in shapes]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
+@pytest.mark.parametrize("cleared", [False, True])
+def test_the_scanned_epoch_copies_no_parameters(cleared, monkeypatch):
+    """The hidden weights are read by the backward pass after the update could be written;
+    only region-analysis copy insertion sees that the reads come first. Under XLA's defaults
+    the copies are there, so the check can fail."""
+    epoch, state, x, y, _ = _scanned_mlp_epoch(cleared, monkeypatch)
+    hlo = epoch.lower(state, x, y, jnp.int32(0)).compile().as_text()
+    copies = _parameter_copies(hlo, state.params)
+    assert (copies != []) == cleared, copies
+
+
+def test_the_copy_options_change_no_result(monkeypatch):
+    out = []
+    for cleared in (False, True):
+        epoch, state, x, y, _ = _scanned_mlp_epoch(cleared, monkeypatch)
+        for e in range(2):
+            state, metrics = epoch(state, x, y, jnp.int32(e))
+        out.append((jax.tree.leaves(state), np.asarray(metrics["loss"])))
+    for a, b in zip(out[0][0], out[1][0]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
 def test_other_backends_get_xla_defaults():
@@ -256,9 +316,9 @@ def test_other_backends_get_xla_defaults():
 
 
 def test_options_a_jaxlib_rejects_fall_back_to_the_defaults(monkeypatch):
-    monkeypatch.setattr(train, "CPU_COMPILER_OPTIONS",
+    monkeypatch.setattr(train, "CPU_CONV_COMPILER_OPTIONS",
                         {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"})
-    with pytest.warns(RuntimeWarning, match="did not accept CPU_COMPILER_OPTIONS"):
+    with pytest.warns(RuntimeWarning, match="did not accept the CPU compiler options"):
         assert train.compiler_options(backend="cpu") is None
     step, state, x, y, idx = _lenet_like_step(False, monkeypatch)
     state, metrics = step(state, x, y, idx)

@@ -22,10 +22,11 @@ Method (results.md points here):
 - Diagnostic variants of nnfun's automatic choice: ``@lax`` forces its convolutions onto
   lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only);
   ``@xladefaults`` compiles with XLA's default options instead of
-  ``nnfun.train.CPU_COMPILER_OPTIONS`` (conv models only; on MLPs they were within noise, see
-  xla_options.py); nnfun's variants sample the per-layer gradient-norm metric every
-  min(10, steps) steps, as ``nnfun train`` does by default; ``@nonorms`` drops it
-  (``grad_norm_every=0``) and ``@everystep`` measures it on every step (``grad_norm_every=1``).
+  ``nnfun.train.compiler_options`` (every model's copy-insertion option, and the convolution
+  options of conv models, see xla_options.py); nnfun's variants sample the per-layer
+  gradient-norm metric every min(10, steps) steps, as ``nnfun train`` does by default;
+  ``@nonorms`` drops it (``grad_norm_every=0``) and ``@everystep`` measures it on every step
+  (``grad_norm_every=1``).
 - GEMM limit: a float32 (2048 x 2048) @ (2048 x 2048) matmul is timed in every round, between
   the variants, with NumPy and with XLA's jitted dot; a round's limit is the faster of the two
   (each its best of 3), and the limit is the median over rounds. (Under background load
@@ -572,9 +573,9 @@ def main(argv: list[str] | None = None) -> None:
         if not a.variants:
             vs = [v for v in vs if v not in SLOW_ON.get(m, ())]
             auto = f"nnfun-autodiff-{nnfun_auto_dispatch(m)}"
-            vs += [auto + fw.NO_NORMS, auto + fw.EVERY_STEP]
+            vs += [auto + fw.NO_NORMS, auto + fw.EVERY_STEP, auto + fw.XLA_DEFAULTS]
             if any(op[0].startswith("conv") for op in MODELS[m][0]):
-                vs += [auto + fw.CONV_AB, auto + fw.XLA_DEFAULTS]
+                vs += [auto + fw.CONV_AB]
         steps = a.steps or MODELS[m][3][0 if a.quick else 1]
         print(f"{m}: {len(vs)} variants, {steps} steps x {rounds} rounds", flush=True)
         results[m] = bench_model(m, vs, rounds, steps)

@@ -160,14 +160,17 @@ class NnfunRunner(_JaxData):
         body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
                                     engine=self.engine, grad_norm_every=every)
         self.epoch_no = 0
-        shipped = dict(train.CPU_COMPILER_OPTIONS)
+        dicts = (train.CPU_COMPILER_OPTIONS, train.CPU_CONV_COMPILER_OPTIONS)
+        shipped = [dict(d) for d in dicts]
         if self.option == "xladefaults":  # the A/B of nnfun's CPU compiler options
-            train.CPU_COMPILER_OPTIONS.clear()
+            for d in dicts:
+                d.clear()
         try:
             self.fn = (train.make_epoch_fn(body, self.batch, layers=layers)
                        if self.dispatch == "scan" else train.make_indexed_step(body, layers=layers))
         finally:
-            train.CPU_COMPILER_OPTIONS.update(shipped)
+            for d, kept in zip(dicts, shipped):
+                d.update(kept)
         if self.dispatch != "scan":
             self.idx = list(train.epoch_permutation(self.state.key, 0, self.x.shape[0],
                                                     self.batch))
@@ -663,7 +666,7 @@ VARIANTS = {
 #: (the A/B of the CPU im2col switch, conv models only); "@nonorms" drops the per-layer gradient
 #: norms (grad_norm_every=0) that the default samples every 10 steps, "@everystep" measures them
 #: on every step (grad_norm_every=1, the default before 2026-11-30); "@xladefaults" compiles with
-#: XLA's defaults instead of `nnfun.train.CPU_COMPILER_OPTIONS` (the A/B of those options).
+#: XLA's defaults instead of `nnfun.train.compiler_options` (the A/B of those options).
 CONV_AB = "@lax"
 XLA_DEFAULTS = "@xladefaults"
 NO_NORMS = "@nonorms"

@@ -1,18 +1,21 @@
-"""XLA:CPU's default library calls against `nnfun.train.CPU_COMPILER_OPTIONS`, side by side.
+"""XLA:CPU's defaults against nnfun's CPU compiler options, side by side.
 
     python experiments/benchmarks/xla_options.py               # ~2 min on 2 cores
     python experiments/benchmarks/xla_options.py --rounds 3 --models lenet
 
 jax 0.10's XLA:CPU hands single dots, convolutions and reductions to the YNNPACK library by
-default. nnfun compiles its steps with `CPU_COMPILER_OPTIONS`, which keep YNNPACK for single
-dots only, so convolutions run on XLA's own kernels. This measures both, interleaved in the same
-rounds (medians, ms):
+default. nnfun compiles the steps of models with convolutions with `CPU_CONV_COMPILER_OPTIONS`,
+which keep YNNPACK for single dots only, so convolutions run on XLA's own kernels, and every
+model's steps with `CPU_COMPILER_OPTIONS` (copy insertion that drops the per-step copies of the
+parameters). This measures XLA's defaults against all of them (`compiler_options(None)`),
+interleaved in the same rounds (medians, ms):
 
 1. single convolutions of the benchmark models' shapes: forward plus the input and weight
    gradients in one jitted call, compiled once with XLA's defaults and once with the options;
 2. nnfun's train step on the benchmark models (bench.py's MODELS, nnfun's automatic dispatch),
    built once as bench.py's ``@xladefaults`` variant (XLA's defaults) and once with the options
-   (forced on the MLPs too, which nnfun itself compiles with XLA's defaults: this shows why).
+   (the conv options forced on the MLPs too, which nnfun itself leaves out there: this shows
+   why).
 
 Writes xla_options.md next to this file (--out to change).
 """
@@ -57,7 +60,7 @@ def conv_table(rounds: int) -> list[tuple[str, float, float]]:
     import jax.numpy as jnp
 
     from nnfun.layers import _conv_lax
-    from nnfun.train import CPU_COMPILER_OPTIONS
+    from nnfun.train import compiler_options
 
     rows = []
     for name, (xs, ws) in CONVS.items():
@@ -72,7 +75,7 @@ def conv_table(rounds: int) -> list[tuple[str, float, float]]:
         g = jnp.ones_like(_conv_lax(x, w, stride, "SAME"))
         low = jax.jit(fwd_and_grads).lower(x, w, g)
         calls = {"defaults": low.compile(), "options": low.compile(
-            compiler_options=dict(CPU_COMPILER_OPTIONS))}
+            compiler_options=compiler_options(None))}
         run = {k: (lambda c=c, args=(x, w, g): jax.block_until_ready(c(*args)))
                for k, c in calls.items()}
         for f in run.values():
@@ -100,7 +103,7 @@ def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]
         variant = f"nnfun-autodiff-{bench.nnfun_auto_dispatch(m)}"
         runners = {}
         chooser = train.compiler_options
-        # nnfun gives models without convolutions XLA's defaults; forced here, to measure why.
+        # nnfun gives models without convolutions no conv options; forced here, to measure why.
         train.compiler_options = lambda layers=None, backend=None, c=chooser: c(None, backend)
         try:
             for label, name in (("defaults", variant + fw.XLA_DEFAULTS), ("options", variant)):
@@ -130,10 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     import jax
 
-    from nnfun.train import CPU_COMPILER_OPTIONS, compiler_options
+    from nnfun.train import compiler_options
 
-    if jax.default_backend() != "cpu" or not compiler_options():
-        sys.exit("xla_options.py: needs a CPU backend whose XLA accepts CPU_COMPILER_OPTIONS")
+    options = compiler_options()
+    if jax.default_backend() != "cpu" or not options:
+        sys.exit("xla_options.py: needs a CPU backend whose XLA accepts nnfun's CPU options")
     t0 = time.time()
     print("single convolutions (forward + input and weight gradients):", flush=True)
     convs = conv_table(a.rounds)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         f"jax {jax.__version__}, by `python experiments/benchmarks/xla_options.py "
         f"--rounds {a.rounds}` ({time.time() - t0:.0f} s); medians of {a.rounds} interleaved "
         "rounds. nnfun's options: "
-        + ", ".join(f"`{k}={v}`" for k, v in CPU_COMPILER_OPTIONS.items()) + ".",
+        + ", ".join(f"`{k}={v}`" for k, v in options.items()) + ".",
         "",
         "| convolution (forward + both gradients) | XLA defaults, ms | nnfun's options, ms | "
         "speed-up |",

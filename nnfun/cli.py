@@ -150,11 +150,9 @@ def _info(args: argparse.Namespace) -> int:
           + ", ".join(str(d) for d in jax.devices()))
     print(f"local devices {jax.local_device_count()}: "
           + ", ".join(str(d) for d in jax.local_devices()))
-    from nnfun.models import mlp
     from nnfun.train import compiler_options
 
-    for kind, layers in (("models without convolutions", mlp([1], 1).layers),
-                         ("conv models", None)):
+    for kind, layers in (("models without convolutions", ()), ("conv models", None)):
         options = compiler_options(layers)
         shown = ", ".join(f"{k}={v}" for k, v in options.items()) if options else "XLA's defaults"
         print(f"compiler options for {kind}: {shown}")

@@ -47,8 +47,9 @@ _SHUFFLE, _DROPOUT = 1, 2
 #: their update, so XLA:CPU drops the copy of them it otherwise makes on every step: of the
 #: weights whose input gradient is taken (three per MLP step; the LeNet-like CNN's 12.8 MB dense
 #: weight), bitwise the same results. Measured on 2 cores (interleaved A/B, paired medians):
-#: MNIST-1D MLP epoch 1.12x, MLP 784-512-512 1.03x, small MLP 1.02x, MNIST-1D CNN 1.05x,
-#: LeNet-like 1.00x; XLA's scratch per call 0.70x on the MNIST-1D MLP (2.76 -> 1.93 MiB).
+#: MNIST-1D MLP epoch 1.07-1.12x, MLP 784-512-512 1.03x, small MLP 0.96-1.04x, MNIST-1D CNN
+#: 1.05x, LeNet-like 0.98-1.00x; XLA's scratch per call 0.70x on the MNIST-1D MLP
+#: (2.76 -> 1.93 MiB). See experiments/benchmarks/findings.md.
 CPU_COMPILER_OPTIONS: dict[str, Any] = {
     "xla_cpu_copy_insertion_use_region_analysis": True,
 }

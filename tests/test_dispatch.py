@@ -275,7 +275,7 @@ def _scanned_mlp_epoch(cleared: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(64, 24)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, 64), jnp.int32)
-    return epoch, state, x, y, model
+    return epoch, state, x, y
 
 
 def _parameter_copies(hlo: str, params: list) -> list[str]:
@@ -292,7 +292,7 @@ def test_the_scanned_epoch_copies_no_parameters(cleared, monkeypatch):
     """The hidden weights are read by the backward pass after the update could be written;
     only region-analysis copy insertion sees that the reads come first. Under XLA's defaults
     the copies are there, so the check can fail."""
-    epoch, state, x, y, _ = _scanned_mlp_epoch(cleared, monkeypatch)
+    epoch, state, x, y = _scanned_mlp_epoch(cleared, monkeypatch)
     hlo = epoch.lower(state, x, y, jnp.int32(0)).compile().as_text()
     copies = _parameter_copies(hlo, state.params)
     assert (copies != []) == cleared, copies
@@ -301,7 +301,7 @@ def test_the_scanned_epoch_copies_no_parameters(cleared, monkeypatch):
 def test_the_copy_options_change_no_result(monkeypatch):
     out = []
     for cleared in (False, True):
-        epoch, state, x, y, _ = _scanned_mlp_epoch(cleared, monkeypatch)
+        epoch, state, x, y = _scanned_mlp_epoch(cleared, monkeypatch)
         for e in range(2):
             state, metrics = epoch(state, x, y, jnp.int32(e))
         out.append((jax.tree.leaves(state), np.asarray(metrics["loss"])))

@@ -342,7 +342,7 @@ def summarize(rec: dict) -> dict[str, dict]:
     return out
 
 
-def paired_ratios(rec: dict, a: str, b: str) -> list[float] | None:
+def paired_ratios(rec: dict, a: str, b: str | None) -> list[float] | None:
     """Per round, the speed of variant `a` over variant `b` (b's step time / a's)."""
     ta, tb = rec["times"].get(a), rec["times"].get(b)
     if not ta or not tb or len(ta) != len(tb):
@@ -368,8 +368,8 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         s = summarize(results[model])
         return s[a]["sps"] / s[b]["sps"] if a in s and b in s else None
 
-    def paired(model: str, a: str, b: str) -> str:
-        """Median [min-max] over rounds of the round's speed ratio a / b."""
+    def paired(model: str, a: str, b: str | None) -> str:
+        """Median [min-max] over rounds of the round's speed ratio a / b ("" if not measured)."""
         r = paired_ratios(results[model], a, b)
         return "" if r is None else f"{_med(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
 
@@ -395,7 +395,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         b = best(m, fw.PEERS)
         r = ratio(m, nn, b) if b else None
         add(f"{m}: nnfun / best peer ({b}) >= 1.05", r, r is not None and r >= 1.05,
-            rounds=paired(m, nn, b) if b else "")
+            rounds=paired(m, nn, b))
         f = summarize(rec)[nn]["gemm_frac"] if nn in summarize(rec) else None
         add(f"{m}: nnfun % of GEMM limit >= 65%", None if f is None else 100 * f,
             f is not None and f >= 0.65, "{:.0f}%")
@@ -404,18 +404,18 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         b, nn = best(m, fw.PEERS), nnfun_name(results[m])
         r = ratio(m, nn, b) if b else None
         add(f"{m}: nnfun / best peer ({b}) >= 1.2", r, r is not None and r >= 1.2,
-            rounds=paired(m, nn, b) if b else "")
+            rounds=paired(m, nn, b))
     if "lenet" in results:
         m = "lenet"
         nn = nnfun_name(results[m])
         t = best(m, ("torch", "torch-passive"))
         r = ratio(m, nn, t) if t else None
         add(f"{m}: nnfun / PyTorch eager ({t}) >= 1.0", r, r is not None and r >= 1.0,
-            rounds=paired(m, nn, t) if t else "")
+            rounds=paired(m, nn, t))
         b = best(m, fw.JAX_PEERS)
         r = ratio(m, nn, b) if b else None
         add(f"{m}: nnfun / best JAX library ({b}) >= 1.5", r, r is not None and r >= 1.5,
-            rounds=paired(m, nn, b) if b else "")
+            rounds=paired(m, nn, b))
     for m, rec in results.items():
         s = summarize(rec)
         a, mn = nnfun_name(rec), nnfun_name(rec, "manual")

@@ -21,9 +21,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+
+
+def split_keys(key: Array, num: int = 2) -> tuple[Array, ...]:
+    """``tuple(jax.random.split(key, num))`` without compiling an ``unstack``: unpacking a
+    device array compiles one small XLA program per shape (~0.1 s and a few MiB of resident
+    code on a CPU each), so outside a trace the raw uint32 keys are read back to the host
+    instead. Bitwise the same keys; typed keys (`jax.random.key`) and tracers are unpacked as
+    usual."""
+    keys = jax.random.split(key, num)
+    if isinstance(keys, jax.core.Tracer) or jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return tuple(keys)
+    return tuple(np.asarray(keys))
 
 
 def zeros() -> Initializer:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from nnfun import activations as _act
-from nnfun.initializers import get_initializer
+from nnfun.initializers import get_initializer, split_keys
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -100,7 +100,7 @@ def init_dense(key: Array, in_features: int, out_features: int, *, bias: bool = 
     Returns:
       ``{"w": (D, M), "b": (M,)}``; no ``"b"`` when ``bias`` is False.
     """
-    kw, kb = jax.random.split(key)
+    kw, kb = split_keys(key)
     params = {"w": get_initializer(w_init)(kw, (in_features, out_features), dtype)}
     if bias:
         params["b"] = get_initializer(b_init)(kb, (out_features,), dtype)
@@ -197,7 +197,7 @@ def init_conv2d(key: Array, in_channels: int, out_channels: int,
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a 2-D convolution: ``{"w": (KH, KW, C_in, C_out), "b": (C_out,)}``."""
     kh, kw_ = _pair(kernel_size, 2, "conv2d kernel_size")
-    k1, k2 = jax.random.split(key)
+    k1, k2 = split_keys(key)
     params = {"w": get_initializer(w_init)(k1, (kh, kw_, in_channels, out_channels), dtype)}
     if bias:
         params["b"] = get_initializer(b_init)(k2, (out_channels,), dtype)
@@ -230,7 +230,7 @@ def init_conv1d(key: Array, in_channels: int, out_channels: int, kernel_size: in
                 bias: bool = True, w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a 1-D convolution: ``{"w": (K, C_in, C_out), "b": (C_out,)}``."""
-    k1, k2 = jax.random.split(key)
+    k1, k2 = split_keys(key)
     params = {"w": get_initializer(w_init)(k1, (int(kernel_size), in_channels, out_channels),
                                            dtype)}
     if bias:
@@ -349,7 +349,7 @@ def init_maxout(key: Array, in_features: int, out_features: int, pieces: int = 2
                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a maxout layer: ``{"w": (D, M, P), "b": (M, P)}``."""
-    k1, k2 = jax.random.split(key)
+    k1, k2 = split_keys(key)
     w = get_initializer(w_init, in_axis=0, out_axis=1, batch_axis=(2,))(
         k1, (in_features, out_features, pieces), dtype)
     return {"w": w, "b": get_initializer(b_init)(k2, (out_features, pieces), dtype)}

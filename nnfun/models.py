@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from nnfun import layers as L
 from nnfun.activations import ACTIVATIONS
+from nnfun.initializers import split_keys
 from nnfun.spec import LayerSpec
 
 Array = jax.Array
@@ -140,7 +141,7 @@ def init_model(key: Array, layers: Sequence[LayerSpec], input_shape: Sequence[in
     """
     shape = tuple(int(s) for s in input_shape)
     params: Params = []
-    for i, (spec, k) in enumerate(zip(layers, jax.random.split(key, max(len(layers), 1)))):
+    for i, (spec, k) in enumerate(zip(layers, split_keys(key, max(len(layers), 1)))):
         try:
             p = L.init_layer_from_shape(spec.name, k, shape, dtype=dtype, **spec.init_kwargs) \
                 if spec.name in _PARAM_LAYERS else L.init_layer_from_shape(spec.name, k, shape)

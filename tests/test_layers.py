@@ -119,3 +119,26 @@ def test_losses_reductions_and_conventions():
     big = jnp.array([[1000.0, -1000.0]])
     assert np.isfinite(float(losses.softmax_cross_entropy(big, jnp.array([1]))))
     assert np.isfinite(float(losses.binary_cross_entropy_with_logits(big, jnp.ones((1, 2)))))
+
+
+def test_split_keys_gives_the_split_keys_without_compiling_an_unstack(caplog):
+    raw, typed = jax.random.PRNGKey(5), jax.random.key(5)
+    for key in (raw, typed):
+        want = [jax.random.key_data(k) for k in jax.random.split(key, 3)]
+        got = [jax.random.key_data(k) for k in initializers.split_keys(key, 3)]
+        assert [np.asarray(k).tolist() for k in got] == [np.asarray(k).tolist() for k in want]
+    traced = jax.jit(lambda k: jnp.stack(initializers.split_keys(k, 3)))(raw)
+    assert np.array_equal(traced, jax.random.split(raw, 3))
+
+    # An 11-layer model: init_model splits its key 11 ways. Unpacking the (11, 2) key array
+    # directly compiles an `unstack` (the control, last, so a cached one cannot hide it).
+    spec = [{"name": "dense", "features": 3}, "tanh"] * 5 + [{"name": "dense", "features": 2}]
+    with caplog.at_level("WARNING"), jax.log_compiles():
+        params = models.init_model(raw, models.sequential(spec).layers, (4,))
+        during_init = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        tuple(jax.random.split(raw, 11))
+        control = [r.getMessage() for r in caplog.records]
+    assert len(params) == 11
+    assert not [m for m in during_init if "unstack" in m]
+    assert [m for m in control if "unstack" in m]

@@ -171,9 +171,10 @@ class NnfunRunner(_JaxData):
         finally:
             for d, kept in zip(dicts, shipped):
                 d.update(kept)
-        if self.dispatch != "scan":
-            self.idx = list(train.epoch_permutation(self.state.key, 0, self.x.shape[0],
-                                                    self.batch))
+        if self.dispatch != "scan":  # as `nnfun train` does: one jitted permutation per epoch,
+            # a row of it per step (list() of a device array would compile an `unstack`)
+            permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
+            self.idx = permutation(self.state.key, 0, self.x.shape[0], self.batch)
             _block(self.idx)
         self._jnp, self._jax = jnp, jax
         if self.option == "lax":

@@ -194,10 +194,11 @@ def _to_float(tree: Any) -> Any:
 def _mean_grad_norms(names: list[str], gnorms: list) -> dict[str, Any]:
     """``{"grad_norms": {layer: mean}}`` over the sampled steps (rows without NaN); ``{}`` when
     no step since the previous record was sampled."""
-    rows = [np.asarray(g) for g in gnorms if g is not None]
-    if not rows or not names:
+    rows = [np.asarray(g).reshape(-1, len(names)) for g in gnorms if g is not None] \
+        if names else []
+    if not rows:
         return {}
-    rows = np.concatenate(rows)
+    rows = np.concatenate(rows)  # (steps, layers): an epoch's stack or one step's row each
     rows = rows[np.all(np.isfinite(rows), axis=1)]
     return {"grad_norms": dict(zip(names, rows.mean(0).tolist()))} if len(rows) else {}
 
@@ -273,7 +274,7 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
     dispatch = train.choose_dispatch(model.layers, tc.dispatch, tc.engine)
     run_epoch = (train.make_epoch_fn(body, bs, layers=model.layers) if dispatch == "scan"
                  else None)
-    run_step = (train.make_indexed_step(body, layers=model.layers) if dispatch == "loop"
+    run_step = (train.make_permuted_step(body, layers=model.layers) if dispatch == "loop"
                 else None)
     permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
     evaluate = train.make_eval_fn(model.layers, loss, ds.num_classes)
@@ -314,10 +315,10 @@ def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
                 gnorms.append(m.get("grad_norms"))
             else:
                 idx = permutation(state.key, epoch, x_train.shape[0], bs)
-                for i in range(offset if epoch == start_epoch else 0, spe):
-                    state, m = run_step(state, x_train, y_train, idx[i])
-                    losses.append(m["loss"][None])
-                    gnorms.append(m["grad_norms"][None] if "grad_norms" in m else None)
+                for _ in range(offset if epoch == start_epoch else 0, spe):
+                    state, m = run_step(state, x_train, y_train, idx)  # row state.step % spe
+                    losses.append(m["loss"])  # no per-step eager ops: each is a dispatch
+                    gnorms.append(m.get("grad_norms"))
                     if stop.requested and single:  # processes agree at the epoch's end
                         break
             last_loss = float(np.asarray(losses[-1]).ravel()[-1])

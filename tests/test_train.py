@@ -141,6 +141,33 @@ def test_train_step_traced_once():
     assert len(traces) == 2
 
 
+def test_permuted_step_takes_the_row_of_its_step():
+    model = mlp([8], 3, dropout=0.25)
+    loss = LossSpec.make("softmax_cross_entropy")
+    opt = make_optimizer("adam", 0.01)
+    body = train.make_step_body(model.layers, loss, (), opt)
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 4))
+    y = jax.random.randint(jax.random.PRNGKey(1), (40,), 0, 3)
+    permuted, indexed = train.make_permuted_step(body), train.make_indexed_step(body)
+    a, b = (train.init_train_state(0, model.layers, (4,), opt) for _ in range(2))  # donated
+    losses = []
+    for epoch in range(2):  # 5 steps of 8 per epoch; the second starts at state.step = 5
+        perm = train.epoch_permutation(a.key, epoch, 40, 8)
+        for i in range(5):
+            a, ma = permuted(a, x, y, perm)
+            b, mb = indexed(b, x, y, perm[i])
+            losses.append(float(ma["loss"]))
+            np.testing.assert_array_equal(ma["loss"], mb["loss"])
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(u, v)
+    assert int(a.step) == 10 and len(set(losses)) == 10
+    # Resuming mid-epoch: a state at step 13 of 5-step epochs takes row 3 of its permutation.
+    perm = train.epoch_permutation(a.key, 2, 40, 8)
+    _, m_row = indexed(jax.tree.map(jnp.copy, b._replace(step=jnp.asarray(13))), x, y, perm[3])
+    _, m_perm = permuted(a._replace(step=jnp.asarray(13, jnp.int32)), x, y, perm)
+    np.testing.assert_array_equal(m_perm["loss"], m_row["loss"])
+
+
 def test_state_is_donated():
     model = mlp([4], 2)
     opt = make_optimizer("sgd", 0.1)

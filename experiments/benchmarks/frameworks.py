@@ -137,7 +137,8 @@ def nnfun_layers(ops: Sequence[tuple], in_shape: tuple[int, ...]) -> tuple:
 
 
 class NnfunRunner(_JaxData):
-    """nnfun.train: `make_step_body` with `make_epoch_fn` (scan) or `make_indexed_step` (loop)."""
+    """nnfun.train: `make_step_body` with `make_epoch_fn` (scan) or `make_permuted_step` (loop),
+    as `nnfun train` runs them."""
 
     def __init__(self, *args: Any, engine: str, dispatch: str, option: str = "") -> None:
         super().__init__(*args)
@@ -167,12 +168,12 @@ class NnfunRunner(_JaxData):
                 d.clear()
         try:
             self.fn = (train.make_epoch_fn(body, self.batch, layers=layers)
-                       if self.dispatch == "scan" else train.make_indexed_step(body, layers=layers))
+                       if self.dispatch == "scan"
+                       else train.make_permuted_step(body, layers=layers))
         finally:
             for d, kept in zip(dicts, shipped):
                 d.update(kept)
-        if self.dispatch != "scan":  # as `nnfun train` does: one jitted permutation per epoch,
-            # a row of it per step (list() of a device array would compile an `unstack`)
+        if self.dispatch != "scan":  # as `nnfun train` does: one jitted permutation per epoch
             permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
             self.idx = permutation(self.state.key, 0, self.x.shape[0], self.batch)
             _block(self.idx)
@@ -185,7 +186,7 @@ class NnfunRunner(_JaxData):
         if self.dispatch == "scan":
             args = (self.state, self.x, self.y, self._jnp.int32(0))
         else:
-            args = (self.state, self.x, self.y, self.idx[0])
+            args = (self.state, self.x, self.y, self.idx)
         return self.fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
     def call(self) -> None:
@@ -193,15 +194,14 @@ class NnfunRunner(_JaxData):
             self.epoch_no += 1
             self.state, _ = self.fn(self.state, self.x, self.y, self._jnp.int32(self.epoch_no))
         else:
-            self.i = (self.i + 1) % self.steps
-            self.state, _ = self.fn(self.state, self.x, self.y, self.idx[self.i])
+            self.state, _ = self.fn(self.state, self.x, self.y, self.idx)
         _block(self.state)
 
     def epoch(self) -> None:
         if self.dispatch == "scan":
             return self.call()
-        for i in range(self.steps):
-            self.state, _ = self.fn(self.state, self.x, self.y, self.idx[i])
+        for _ in range(self.steps):
+            self.state, _ = self.fn(self.state, self.x, self.y, self.idx)
         _block(self.state)
 
 

@@ -64,12 +64,12 @@ def main() -> None:
                     e[0] += 1
                     return epoch(s, x, y, jnp.asarray(e[0]))[0]
             else:
-                step = train.make_indexed_step(body)
-                idx = list(train.epoch_permutation(state.key, 0, n, batch))
+                step = train.make_permuted_step(body)
+                perm = train.epoch_permutation(state.key, 0, n, batch)
 
-                def run(s, step=step, x=x, y=y, idx=idx):
-                    for i in idx:
-                        s = step(s, x, y, i)[0]
+                def run(s, step=step, x=x, y=y, perm=perm):
+                    for _ in range(perm.shape[0]):
+                        s = step(s, x, y, perm)[0]
                     return s
             runs[(name, every)] = [run, jax.block_until_ready(run(state)), []]
         print(f"built {name} ({dispatch})", flush=True)

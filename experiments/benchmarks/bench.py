@@ -376,10 +376,13 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         s = summarize(results[model])
         return s[a]["sps"] / s[b]["sps"] if a in s and b in s else None
 
+    def spread(r: list[float]) -> str:
+        return f"{_med(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
+
     def paired(model: str, a: str, b: str | None) -> str:
         """Median [min-max] over rounds of the round's speed ratio a / b ("" if not measured)."""
         r = paired_ratios(results[model], a, b)
-        return "" if r is None else f"{_med(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
+        return "" if r is None else spread(r)
 
     def best(model: str, names: tuple[str, ...]) -> str | None:
         s = summarize(results[model])
@@ -436,8 +439,7 @@ def targets(results: dict) -> list[tuple[str, str, str]]:
         ra, rb = (rec.get(key + "_runs", {}).get(v) for v in (a, b))
         if not ra or not rb or len(ra) != len(rb):
             return ""
-        r = [x / max(y, 1e-9) for x, y in zip(ra, rb)]
-        return f"{_med(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
+        return spread([x / max(y, 1e-9) for x, y in zip(ra, rb)])
 
     for m, rec in results.items():
         s, a, j = summarize(rec), nnfun_name(rec), jax_twin(rec)
@@ -639,8 +641,7 @@ def main(argv: list[str] | None = None) -> None:
             cold = {v: [measure_cold(m, v, min(steps, 20))] for v in vs if cold_worthy(m, v)}
             # The first-step and memory targets compare nnfun's automatic choice with its
             # plain-JAX twin: more fresh processes for those two, interleaved.
-            pair = [v for v in (f"nnfun-autodiff-{nnfun_auto_dispatch(m)}",
-                                f"jax-{nnfun_auto_dispatch(m)}") if v in cold]
+            pair = [v for v in (nnfun_name(results[m]), jax_twin(results[m])) if v in cold]
             for _ in range(a.cold_repeats - 1):
                 for v in pair:
                     cold[v].append(measure_cold(m, v, min(steps, 20)))

@@ -513,6 +513,43 @@ def test_avg_pool_same_divides_by_real_elements():
     np.testing.assert_array_equal(out, np.ones((1, 2, 2, 1)))
 
 
+@pytest.mark.parametrize("name, shape, kw", [
+    ("max_pool2d", (2, 7, 6, 3), {}),                                      # VALID crops row 7
+    ("max_pool2d", (2, 4, 6, 3), {"window": (2, 3), "padding": "SAME"}),  # SAME, no padding
+    ("max_pool1d", (2, 7, 3), {"window": 3}),
+    ("avg_pool2d", (2, 7, 6, 3), {}),
+    ("avg_pool1d", (2, 7, 3), {"window": 3}),
+])
+def test_tiling_pools_match_the_patch_path(name, shape, kw):
+    """Windows that tile the input (stride == window, no padding) are reduced on a reshape of x
+    (`_windows.to_tiles`); forward and backward equal the im2col / col2im rules, ties and the
+    uncovered last rows included."""
+    from nnfun.manual import _windows as MW
+
+    rng = _rng(11)
+    x = jnp.asarray(rng.integers(0, 3, shape), jnp.float64)  # many ties
+    fwd, bwd = getattr(ML, f"{name}_forward"), getattr(ML, f"{name}_backward")
+    out, cache = fwd({}, x, **kw)
+    dout = _randn(rng, *out.shape)
+    dx, _ = bwd(dout, cache)
+    g = cache.window.value
+    assert MW.tiles(g)
+    x4, d4 = (x, dout) if x.ndim == 4 else (x[:, None], dout[:, None])
+    if name.startswith("max"):
+        assert cache.share.ndim == 6  # the tiled path was taken
+        want_out, share = MW.max_and_share(MW.patches(x4, g, fill=-jnp.inf), axis=3)
+        want_dx = MW.fold(share * d4[:, :, :, None, :], g)
+    else:
+        want_out = jnp.mean(MW.patches(x4, g), axis=3)
+        want_dx = MW.fold(jnp.repeat(d4[:, :, :, None, :] / (g.kernel[0] * g.kernel[1]),
+                                     g.kernel[0] * g.kernel[1], axis=3), g)
+    if x.ndim == 3:
+        want_out, want_dx = want_out[:, 0], want_dx[:, 0]
+    assert_close(out, want_out, 1e-15)
+    assert_close(dx, want_dx, 1e-15)
+    np.testing.assert_array_equal(np.asarray(dx)[:, 6:], 0.0)  # past the last window
+
+
 # --------------------------------------------------------------------------- flatten, dropout
 
 

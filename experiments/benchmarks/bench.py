@@ -26,7 +26,9 @@ Method (results.md points here):
   options of conv models, see xla_options.py); nnfun's variants sample the per-layer
   gradient-norm metric every min(10, steps) steps, as ``nnfun train`` does by default;
   ``@nonorms`` drops it (``grad_norm_every=0``) and ``@everystep`` measures it on every step
-  (``grad_norm_every=1``).
+  (``grad_norm_every=1``). ``@patchpool`` runs the manual engine's automatic choice with its
+  pools on im2col patches even where the windows tile the input (the A/B of the tiled
+  pooling in nnfun.manual._windows, pooled models only).
 - GEMM limit: a float32 (2048 x 2048) @ (2048 x 2048) matmul is timed in every round, between
   the variants, with NumPy and with XLA's jitted dot; a round's limit is the faster of the two
   (each its best of 3), and the limit is the median over rounds. (Under background load
@@ -632,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
             vs += [auto + fw.NO_NORMS, auto + fw.EVERY_STEP, auto + fw.XLA_DEFAULTS]
             if any(op[0].startswith("conv") for op in MODELS[m][0]):
                 vs += [auto + fw.CONV_AB]
+            if any("pool" in op[0] for op in MODELS[m][0]):
+                vs += [f"nnfun-manual-{nnfun_auto_dispatch(m, 'manual')}{fw.PATCH_POOL}"]
         steps = a.steps or MODELS[m][3][0 if a.quick else 1]
         print(f"{m}: {len(vs)} variants, {steps} steps x {rounds} rounds", flush=True)
         results[m] = bench_model(m, vs, rounds, steps)

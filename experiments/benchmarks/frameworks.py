@@ -180,6 +180,8 @@ class NnfunRunner(_JaxData):
         self._jnp, self._jax = jnp, jax
         if self.option == "lax":
             self.fn = _patched(self.fn, "nnfun.layers", "_use_im2col", lambda *a: False)
+        elif self.option == "patchpool":
+            self.fn = _patched(self.fn, "nnfun.manual._windows", "tiles", lambda g: False)
 
     def xla_temp_mib(self) -> float:
         """Scratch memory XLA allocates for one call (compiled memory analysis), MiB."""
@@ -667,8 +669,11 @@ VARIANTS = {
 #: (the A/B of the CPU im2col switch, conv models only); "@nonorms" drops the per-layer gradient
 #: norms (grad_norm_every=0) that the default samples every 10 steps, "@everystep" measures them
 #: on every step (grad_norm_every=1, the default before 2026-11-30); "@xladefaults" compiles with
-#: XLA's defaults instead of `nnfun.train.compiler_options` (the A/B of those options).
+#: XLA's defaults instead of `nnfun.train.compiler_options` (the A/B of those options);
+#: "@patchpool" (manual engine) pools on im2col patches even where the windows tile the input
+#: (the A/B of the tiled pooling in nnfun.manual._windows, pooled models only).
 CONV_AB = "@lax"
+PATCH_POOL = "@patchpool"
 XLA_DEFAULTS = "@xladefaults"
 NO_NORMS = "@nonorms"
 EVERY_STEP = "@everystep"

@@ -13,9 +13,11 @@ Layout is batch first and channels last: dense (N, D), conv1d (N, L, C), conv2d 
 ``x @ w``. Convolutions and pools use im2col (`nnfun.manual._windows`): the KH * KW strided
 slices of the padded input are stacked into patches, a convolution is one matmul with the
 kernel reshaped to (KH * KW * C_in, C_out), and the backward pass scatter-adds patch gradients
-back (col2im). "SAME" padding is XLA's: out = ceil(in / stride), total padding
-max((out - 1) * stride + k - in, 0), the smaller half first. The 1-D layers are the 2-D ones on
-a unit height. All activations of `nnfun.manual.activations` are re-exported here as layers.
+back (col2im). Pools whose windows tile the input (stride == window, no padding) reduce a
+reshape of the input instead of its patches. "SAME" padding is XLA's: out = ceil(in / stride),
+total padding max((out - 1) * stride + k - in, 0), the smaller half first. The 1-D layers are
+the 2-D ones on a unit height. All activations of `nnfun.manual.activations` are re-exported
+here as layers.
 """
 
 from __future__ import annotations
@@ -261,8 +263,10 @@ class MaxPoolCache(NamedTuple):
     """Cache of `max_pool2d_forward` (and `max_pool1d_forward`, on a unit height).
 
     Attributes:
-      share: (N, OH, OW, KH * KW, C) each window element's share of its window's gradient:
-        1 / (number of tied maxima) on the maxima, 0 elsewhere.
+      share: each window element's share of its window's gradient: 1 / (number of tied
+        maxima) on the maxima, 0 elsewhere; (N, OH, OW, KH * KW, C) patches, or, when the
+        windows tile the input (stride == window, no padding), (N, OH, KH, OW, KW, C), x's own
+        layout (`nnfun.manual._windows.to_tiles`).
       window: Static(Window), the window geometry.
     """
 
@@ -291,11 +295,16 @@ def _pool_window(layer: str, x: Array, rank: int, window: int | tuple[int, ...],
 
 
 def _max_pool(layer: str, x: Array, g: Window) -> tuple[Array, MaxPoolCache]:
-    out, share = _windows.max_and_share(_windows.patches(x, g, fill=-jnp.inf), axis=3)
+    if _windows.tiles(g):
+        out, share = _windows.max_and_share(_windows.to_tiles(x, g), axis=(2, 4))
+    else:
+        out, share = _windows.max_and_share(_windows.patches(x, g, fill=-jnp.inf), axis=3)
     return out, MaxPoolCache(share, Static(g))
 
 
 def _avg_pool(x: Array, g: Window) -> tuple[Array, AvgPoolCache]:
+    if _windows.tiles(g):
+        return jnp.mean(_windows.to_tiles(x, g), axis=(2, 4)), AvgPoolCache(Static(g))
     counts = jnp.asarray(_windows.real_counts(g), x.dtype)[None, :, :, None]
     return jnp.sum(_windows.patches(x, g), axis=3) / counts, AvgPoolCache(Static(g))
 
@@ -323,7 +332,8 @@ def max_pool2d_forward(params: Params, x: Array, *, window: int | tuple[int, int
 def max_pool2d_backward(dout: Array, cache: MaxPoolCache) -> tuple[Array, Params]:
     """The max gate routes the gradient: each window's dout goes to its maximum, split equally
     among tied maxima (dpatch = share * dout, share = [x == max] / count); overlapping windows
-    accumulate when the patches are scatter-added back (col2im).
+    accumulate when the patches are scatter-added back (col2im). Windows that tile the input
+    put share * dout straight back into x's layout.
 
     Args:
       dout: (N, OH, OW, C) upstream gradient.
@@ -332,7 +342,10 @@ def max_pool2d_backward(dout: Array, cache: MaxPoolCache) -> tuple[Array, Params
     Returns:
       (dx (N, H, W, C), {}).
     """
-    return _windows.fold(cache.share * dout[:, :, :, None, :], cache.window.value), {}
+    g = cache.window.value
+    if _windows.tiles(g):
+        return _windows.from_tiles(cache.share * dout[:, :, None, :, None, :], g), {}
+    return _windows.fold(cache.share * dout[:, :, :, None, :], g), {}
 
 
 def avg_pool2d_forward(params: Params, x: Array, *, window: int | tuple[int, int] = 2,
@@ -367,6 +380,11 @@ def avg_pool2d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params
       (dx (N, H, W, C), {}).
     """
     g = cache.window.value
+    if _windows.tiles(g):
+        tiled = jnp.broadcast_to((dout / (g.kernel[0] * g.kernel[1]))[:, :, None, :, None, :],
+                                 (dout.shape[0], g.out_hw[0], g.kernel[0], g.out_hw[1],
+                                  g.kernel[1], dout.shape[3]))
+        return _windows.from_tiles(tiled, g), {}
     counts = jnp.asarray(_windows.real_counts(g), dout.dtype)[None, :, :, None]
     per_window = (dout / counts)[:, :, :, None, :]
     shape = (*dout.shape[:3], g.kernel[0] * g.kernel[1], dout.shape[3])

@@ -174,8 +174,8 @@ class NnfunRunner(_JaxData):
             for d, kept in zip(dicts, shipped):
                 d.update(kept)
         if self.dispatch != "scan":  # as `nnfun train` does: one jitted permutation per epoch
-            permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
-            self.idx = permutation(self.state.key, 0, self.x.shape[0], self.batch)
+            self.permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
+            self.idx = self.permutation(self.state.key, 0, self.x.shape[0], self.batch)
             _block(self.idx)
         self._jnp, self._jax = jnp, jax
         if self.option == "lax":
@@ -202,6 +202,8 @@ class NnfunRunner(_JaxData):
     def epoch(self) -> None:
         if self.dispatch == "scan":
             return self.call()
+        self.epoch_no += 1  # a new permutation for every epoch, as `nnfun train` draws them
+        self.idx = self.permutation(self.state.key, self.epoch_no, self.x.shape[0], self.batch)
         for _ in range(self.steps):
             self.state, _ = self.fn(self.state, self.x, self.y, self.idx)
         _block(self.state)

@@ -23,6 +23,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
+from nnfun.manual import _windows as MW
 from nnfun.manual import activations as MA
 from nnfun.manual import layers as ML
 from nnfun.manual import losses as MLoss
@@ -524,8 +525,6 @@ def test_tiling_pools_match_the_patch_path(name, shape, kw):
     """Windows that tile the input (stride == window, no padding) are reduced on a reshape of x
     (`_windows.to_tiles`); forward and backward equal the im2col / col2im rules, ties and the
     uncovered last rows included."""
-    from nnfun.manual import _windows as MW
-
     rng = _rng(11)
     x = jnp.asarray(rng.integers(0, 3, shape), jnp.float64)  # many ties
     fwd, bwd = getattr(ML, f"{name}_forward"), getattr(ML, f"{name}_backward")

@@ -15,6 +15,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = ["identity", "step", "sign", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softplus",
+           "softmax", "log_softmax", "ACTIVATIONS", "get_activation"]
+
 Array = jax.Array
 
 

@@ -36,6 +36,8 @@ from typing import Any, Self
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+__all__ = ["CheckpointStore"]
+
 PyTree = Any
 
 _METRIC_KEY = "metric"

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+__all__ = ["main", "COMMANDS", "EXIT_USER_ERROR"]
+
 EXIT_USER_ERROR = 2
 
 
@@ -55,7 +57,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="finite differences on all coordinates up to this many per leaf, "
                         "a random sample beyond")
 
-    sub.add_parser("info", help="JAX version, backend, processes and devices")
+    i = sub.add_parser("info", help="JAX version, backend, processes and devices; with a "
+                       "config, its model's layers, output shapes and parameter counts",
+                       description="Print nnfun's and JAX's versions, the backend, processes "
+                       "and devices; given a config, also a summary of its model.")
+    i.add_argument("config", nargs="?", help="a TOML config whose model to summarise")
+    i.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE")
     return p
 
 
@@ -127,9 +135,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from nnfun.gradcheck import check_config
+    from nnfun.run import gradcheck_config
 
-    report = check_config(args.config, args.overrides, batch=args.batch, tol=args.tol,
+    report = gradcheck_config(args.config, args.overrides, batch=args.batch, tol=args.tol,
                           max_coords=args.max_coords)
     print(report)
     return 0 if report.passed else 1
@@ -150,13 +158,32 @@ def _info(args: argparse.Namespace) -> int:
           + ", ".join(str(d) for d in jax.devices()))
     print(f"local devices {jax.local_device_count()}: "
           + ", ".join(str(d) for d in jax.local_devices()))
-    from nnfun.train import compiler_options
-
-    for kind, layers in (("models without convolutions", ()), ("conv models", None)):
-        options = compiler_options(layers)
-        shown = ", ".join(f"{k}={v}" for k, v in options.items()) if options else "XLA's defaults"
-        print(f"compiler options for {kind}: {shown}")
+    if args.config:
+        _print_model_summary(args.config, args.overrides)
     return 0
+
+
+def _print_model_summary(path: str, overrides: Sequence[str]) -> None:
+    from nnfun.config import build_model, load_config
+    from nnfun.data import load_dataset
+    from nnfun.models import summary
+
+    config = load_config(path, overrides)
+    kw = {k: v for k, v in config.kwargs("data").items()}
+    input_shape = load_dataset(config.data["name"], seed=config.training.seed, **kw).input_shape
+    model = build_model(config.model)
+    try:
+        rows = summary(model.layers, input_shape)
+    except ValueError as e:
+        raise ValueError(f"{config.source}: model: {e}") from None
+    print(f"model of {config.source} on inputs (N, {', '.join(map(str, input_shape))}):")
+    names = [f"{i}.{name}" for i, (name, _, _) in enumerate(rows)]
+    shapes = [f"(N, {', '.join(map(str, shape))})" for _, shape, _ in rows]
+    counts = [f"{count:,}" for _, _, count in rows]
+    w = [max(map(len, col)) for col in (names, shapes, counts)]
+    for row in zip(names, shapes, counts):
+        print(f"  {row[0]:<{w[0]}}  {row[1]:<{w[1]}}  {row[2]:>{w[2]}}")
+    print(f"  total parameters: {sum(r[2] for r in rows):,}")
 
 
 COMMANDS = {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot,

@@ -32,6 +32,10 @@ from nnfun import data as data_lib
 from nnfun import losses, models, optim, regularizers
 from nnfun.preprocessing import METHODS as PREPROCESSING_METHODS
 
+__all__ = ["Config", "TrainingConfig", "DistributedConfig", "ConfigError", "load_config",
+           "validate", "parse_override", "apply_overrides", "config_from_resolved", "build_model",
+           "check_function_section", "SECTIONS", "EDGE_KEYS", "MODEL_BUILDERS"]
+
 SECTIONS = ("data", "model", "loss", "regularizers", "optimizer", "schedule", "training",
             "distributed")
 
@@ -62,6 +66,8 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     engine: Literal["autodiff", "manual"] = "autodiff"
     dispatch: Literal["auto", "scan", "loop"] = "auto"
+    fast_paths: bool = pydantic.Field(
+        True, description="train with nnfun.fast's CPU variants (the same values, faster)")
     eval_every: int = pydantic.Field(1, ge=1, description="epochs between evaluations")
     checkpoint_every: int = pydantic.Field(0, ge=0, description="epochs; 0 = at evaluations")
     keep_checkpoints: int = pydantic.Field(3, ge=1)
@@ -115,7 +121,8 @@ class Config(BaseModel):
 
 
 def _families() -> dict[str, Mapping[str, Callable[..., Any]]]:
-    return {"data": data_lib.DATASETS, "model": MODEL_BUILDERS, "loss": losses.LOSSES,
+    return {"data": data_lib.DATASETS, "model": MODEL_BUILDERS,
+            "loss": {n: e.fn for n, e in losses.LOSSES.items()},
             "regularizers": regularizers.REGULARIZERS, "optimizer": optim.OPTIMIZERS,
             "schedule": optim.SCHEDULES}
 

@@ -43,6 +43,11 @@ from jax.sharding import PartitionSpec as P
 
 from nnfun.config import ConfigError, DistributedConfig
 
+__all__ = ["AXIS", "MESHES", "DistributedError", "initialize", "check_distributed_config",
+           "is_lead", "agree_on_path", "make_mesh", "batch_sharding", "replicated", "fsdp_spec",
+           "state_shardings", "check_batch_size", "process_rows", "put_examples", "constrain_step",
+           "Placement", "make_placement"]
+
 AXIS = "data"
 MESHES = ("data", "fsdp")
 #: Seconds JAX's own connect deadline runs past ours, so the watchdog speaks first.

@@ -29,6 +29,8 @@ from nnfun.manual.model import value_and_grad as manual_value_and_grad
 from nnfun.objective import make_objective
 from nnfun.spec import LayerSpec, LossSpec, RegSpec
 
+__all__ = ["check_gradients", "relative_error", "GradcheckReport", "LeafReport"]
+
 Array = jax.Array
 
 
@@ -177,42 +179,3 @@ def check_gradients(layers: Sequence[LayerSpec], loss: LossSpec, params: Any, x:
             rows.append(LeafReport(_path_name(path), tuple(leaf.shape), abs_m, rel_m,
                                    abs_fd, rel_fd, len(coords), rel_d, ok))
         return GradcheckReport(tuple(rows), float(value_a), float(value_m), tol_manual, tol_fd)
-
-
-def check_config(path: str, overrides: Sequence[str] = (), *, batch: int = 8,
-                 tol: float = 1e-6, max_coords: int = 512) -> GradcheckReport:
-    """Runs `check_gradients` on a config's model, loss, regularisers and `batch` training
-    examples drawn at random with the config's seed (preprocessed as the config says), with
-    parameters initialised from that seed.
-
-    Finite differences are only meaningful where the objective is smooth: a ReLU, max or hinge
-    sitting exactly on its kink (within h) shows up as a finite-difference failure of that
-    leaf while manual and autodiff still agree.
-    """
-    from nnfun.config import build_model, load_config
-    from nnfun.run import check_fit, init_state, load_data, loss_and_regs
-    from nnfun.train import dropout_key, make_targets
-
-    config = load_config(path, overrides)
-    ds, _ = load_data(config)
-    model = build_model(config.model)
-    loss, regs = loss_and_regs(config)
-    with jax.enable_x64(True):
-        state = init_state(config, model, ds, _NoOptimizer(), jnp.float64)
-        width = check_fit(config, model, state.params, ds)
-        # a seeded random batch: the first examples of a set can sit on a kink (the centre of
-        # a spiral is x = 0, where a ReLU with zero bias is not differentiable)
-        idx = np.random.default_rng(config.training.seed).choice(
-            ds.x_train.shape[0], min(batch, ds.x_train.shape[0]), replace=False)
-        x = jnp.asarray(ds.x_train[idx], jnp.float64)
-        y = make_targets(loss.name, jnp.asarray(ds.y_train[idx]), width, ds.num_classes)
-        return check_gradients(model.layers, loss, state.params, x, y, regularizers=regs,
-                               key=dropout_key(state), tol_fd=tol, max_coords=max_coords,
-                               seed=config.training.seed)
-
-
-class _NoOptimizer:
-    """Stands in for an optimiser when only parameters are needed."""
-
-    def init(self, params: Any) -> tuple[()]:
-        return ()

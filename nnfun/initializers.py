@@ -21,22 +21,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+__all__ = ["zeros", "constant", "uniform", "normal", "xavier_normal", "xavier_uniform",
+           "he_normal", "he_uniform", "lecun_normal", "lecun_uniform", "INITIALIZERS",
+           "get_initializer"]
 
 Array = jax.Array
 Initializer = Callable[..., Array]
-
-
-def split_keys(key: Array, num: int = 2) -> tuple[Array, ...]:
-    """``tuple(jax.random.split(key, num))`` without compiling an ``unstack``: unpacking a
-    device array compiles one small XLA program per shape (~0.1 s and a few MiB of resident
-    code on a CPU each), so outside a trace the raw uint32 keys are read back to the host
-    instead. Bitwise the same keys; typed keys (`jax.random.key`) and tracers are unpacked as
-    usual."""
-    keys = jax.random.split(key, num)
-    if isinstance(keys, jax.core.Tracer) or jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        return tuple(keys)
-    return tuple(np.asarray(keys))
 
 
 def zeros() -> Initializer:
@@ -63,25 +54,37 @@ def normal(stddev: float = 0.01) -> Initializer:
     return jax.nn.initializers.normal(stddev)
 
 
-def _scaled(scale: float, mode: str, distribution: str) -> Callable[..., Initializer]:
+def _scaled(scale: float, mode: str, distribution: str, name: str,
+            rule: str) -> Callable[..., Initializer]:
     def make(in_axis: int | tuple[int, ...] = -2, out_axis: int | tuple[int, ...] = -1,
              batch_axis: tuple[int, ...] = ()) -> Initializer:
         return jax.nn.initializers.variance_scaling(
             scale, mode, distribution, in_axis=in_axis, out_axis=out_axis, batch_axis=batch_axis
         )
 
+    make.__name__ = name
+    make.__doc__ = (f"{rule}, {distribution} (`jax.nn.initializers.variance_scaling`).\n\n"
+                    "Args:\n  in_axis, out_axis, batch_axis: which axes of the weight are the "
+                    "fan-in, fan-out and batch axes.\n\nReturns:\n  ``init(key, shape, "
+                    "dtype) -> array``.")
     return make
 
 
 #: Xavier/Glorot: variance 2 / (fan_in + fan_out).
-xavier_normal = _scaled(1.0, "fan_avg", "normal")
-xavier_uniform = _scaled(1.0, "fan_avg", "uniform")
+xavier_normal = _scaled(1.0, "fan_avg", "normal", "xavier_normal",
+                         "Xavier / Glorot: variance 2 / (fan_in + fan_out)")
+xavier_uniform = _scaled(1.0, "fan_avg", "uniform", "xavier_uniform",
+                          "Xavier / Glorot: variance 2 / (fan_in + fan_out)")
 #: He: variance 2 / fan_in.
-he_normal = _scaled(2.0, "fan_in", "normal")
-he_uniform = _scaled(2.0, "fan_in", "uniform")
+he_normal = _scaled(2.0, "fan_in", "normal", "he_normal",
+                     "He: variance 2 / fan_in")
+he_uniform = _scaled(2.0, "fan_in", "uniform", "he_uniform",
+                      "He: variance 2 / fan_in")
 #: LeCun: variance 1 / fan_in.
-lecun_normal = _scaled(1.0, "fan_in", "normal")
-lecun_uniform = _scaled(1.0, "fan_in", "uniform")
+lecun_normal = _scaled(1.0, "fan_in", "normal", "lecun_normal",
+                        "LeCun: variance 1 / fan_in")
+lecun_uniform = _scaled(1.0, "fan_in", "uniform", "lecun_uniform",
+                         "LeCun: variance 1 / fan_in")
 
 INITIALIZERS: dict[str, Callable[..., Initializer]] = {
     "zeros": zeros,

@@ -1,5 +1,10 @@
-"""Layers of the autodiff path: `init_<layer>(key, ...) -> params` and
-`<layer>_apply(params, x, *, hyper...) -> out`.
+"""Layers of the autodiff path, and the layer table every model is built from.
+
+Each layer is a pure function ``<layer>_apply(params, x, *, hyper...) -> out``; a layer with
+parameters also has ``init_<layer>(key, ...) -> params``. `LAYERS` declares every layer once:
+its apply, its shape-driven init, whether it is stochastic or a convolution, and the examples
+the three-way gradient tests run (`nnfun.registry`). Adding a layer means adding its functions
+and one `Layer` entry here (and, for the three-way checks, a rule in `nnfun.manual.layers`).
 
 Contract, shared with the hand-written reference `nnfun.manual.layers`:
 
@@ -11,11 +16,9 @@ Contract, shared with the hand-written reference `nnfun.manual.layers`:
 - hyperparameters are keyword-only;
 - every activation of `nnfun.activations` is also a layer, ``<name>_apply(params, x, **kw)``.
 
-Convolutions are `lax.conv_general_dilated`, except on a CPU backend for small convolutions of
-narrow inputs (a patch row of prod(K) * C_in values no longer than C_out, patches of at most
-`IM2COL_MAX_BYTES`), where one im2col matmul runs faster; the choice is made at trace time
-(`_use_im2col`) and both give the same result. Likewise a CPU adds a bias to a tall output as
-an outer product (`_add_bias`, `BIAS_MATMUL_MIN_ROWS`), so that its gradient is a matmul.
+These are the canonical definitions: a convolution is one `lax.conv_general_dilated` call and a
+bias is broadcast. Faster variants for a CPU backend live in `nnfun.fast` and are switched in
+for training only; every gradient cross-check runs against the functions here.
 
 Padding "SAME" follows XLA: per spatial dimension out = ceil(in / stride), the total padding
 max((out - 1) * stride + k - in, 0) split with the smaller half before. Max pooling computes the
@@ -25,32 +28,46 @@ elements; average pooling divides by the number of non-padding elements in each 
 
 from __future__ import annotations
 
+import inspect
 import itertools
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from nnfun import _checks
 from nnfun import activations as _act
-from nnfun.initializers import get_initializer, split_keys
+from nnfun.initializers import get_initializer
+
+__all__ = [
+    "Layer", "LAYERS", "get_layer", "init_layer", "same_pads",
+    "init_dense", "dense_apply", "init_conv2d", "conv2d_apply", "init_conv1d", "conv1d_apply",
+    "max_pool2d_apply", "avg_pool2d_apply", "max_pool1d_apply", "avg_pool1d_apply",
+    "flatten_apply", "dropout_apply", "init_maxout", "maxout_apply",
+    "identity_apply", "step_apply", "heaviside_apply", "sign_apply", "sigmoid_apply",
+    "tanh_apply", "relu_apply", "leaky_relu_apply", "elu_apply", "softplus_apply",
+    "softmax_apply", "log_softmax_apply",
+]
 
 Array = jax.Array
 Params = dict[str, Array]
 InitSpec = str | dict[str, Any] | tuple
+#: ((N, ...) input shape, layer keyword arguments): one case of the three-way gradient tests.
+Example = tuple[tuple[int, ...], dict[str, Any]]
 
 
 def _check_ndim(x: Array, ndim: int, layer: str, layout: str) -> None:
-    if x.ndim != ndim:
-        raise ValueError(f"{layer}: input x must have shape {layout}, got shape {tuple(x.shape)}")
+    _checks.check_ndim(layer, "x", x, ndim, layout)
+
+
+def _check_padding(padding: str, layer: str) -> str:
+    return _checks.check_padding(layer, padding)
 
 
 def _pair(v: int | tuple[int, ...] | list[int], n: int, what: str) -> tuple[int, ...]:
-    t = (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
-    if len(t) != n or min(t) < 1:
-        raise ValueError(f"{what}: expected a positive int or {n} positive ints, got {v!r}")
-    return t
+    layer, _, name = what.partition(" ")
+    return _checks.int_tuple(layer, name, v, n)
 
 
 def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
@@ -60,33 +77,12 @@ def same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-#: Rows (product of the leading axes) from which a CPU adds a bias as an outer product.
-BIAS_MATMUL_MIN_ROWS = 2048
-
-
 def _add_bias(out: Array, params: Params) -> Array:
-    """out + b, with b broadcast explicitly over the leading axes (rank-promotion safe).
-
-    On a CPU backend, for outputs of at least `BIAS_MATMUL_MIN_ROWS` rows (convolutions), the
-    broadcast is written as the outer product ones(rows) b^T, the same values, so that the
-    bias gradient is the matrix-vector product 1^T dout: XLA:CPU's reduction of a tall
-    (rows, C) array ran about 4x slower than that product (LeNet's first layer, 100,352 x 32:
-    7.7 vs 2.0 ms). Interleaved A/B of whole train steps on 2 cores: LeNet-like 159 -> 150 ms,
-    MNIST-1D CNN 5.8 -> 5.1 ms, digits CNN unchanged.
-    """
+    """out + b, with b broadcast explicitly over the leading axes (rank-promotion safe)."""
     if "b" not in params:
         return out
     b = params["b"]
-    rows = math.prod(out.shape[:out.ndim - b.ndim])
-    if b.ndim == 1 and rows >= BIAS_MATMUL_MIN_ROWS and jax.default_backend() == "cpu":
-        return out + (jnp.ones((rows, 1), b.dtype) @ b[None, :]).reshape(out.shape)
     return out + b.reshape((1,) * (out.ndim - b.ndim) + b.shape)
-
-
-def _check_padding(padding: str, layer: str) -> str:
-    if padding not in ("SAME", "VALID"):
-        raise ValueError(f"{layer}: padding must be 'SAME' or 'VALID', got {padding!r}")
-    return padding
 
 
 # --------------------------------------------------------------------------- dense
@@ -100,7 +96,8 @@ def init_dense(key: Array, in_features: int, out_features: int, *, bias: bool = 
     Returns:
       ``{"w": (D, M), "b": (M,)}``; no ``"b"`` when ``bias`` is False.
     """
-    kw, kb = split_keys(key)
+    out_features = _checks.check_positive("dense", "features", out_features)
+    kw, kb = jax.random.split(key)
     params = {"w": get_initializer(w_init)(kw, (in_features, out_features), dtype)}
     if bias:
         params["b"] = get_initializer(b_init)(kb, (out_features,), dtype)
@@ -131,64 +128,11 @@ def dense_apply(params: Params, x: Array) -> Array:
 _CONV_DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
-def _conv_lax(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
-    """Cross-correlation by `lax.conv_general_dilated` (channels last, kernel (*K, C_in, C_out))."""
+def _conv(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
+    """Cross-correlation of channels-last x with w (*K, C_in, C_out): one
+    `lax.conv_general_dilated` call."""
     return jax.lax.conv_general_dilated(x, w, stride, padding,
                                         dimension_numbers=_CONV_DIMS[x.ndim - 2])
-
-
-def _conv_geometry(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-                   padding: str) -> tuple[list[tuple[int, int]], list[int]]:
-    """(pads, output sizes) per spatial dimension, as XLA computes them."""
-    pads = [same_pads(s, k, st) if padding == "SAME" else (0, 0)
-            for s, k, st in zip(spatial, kernel, stride)]
-    return pads, [(s + lo + hi - k) // st + 1
-                  for s, (lo, hi), k, st in zip(spatial, pads, kernel, stride)]
-
-
-def _conv_im2col(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
-    """The same cross-correlation as one matmul: the prod(K) strided slices of the padded input
-    are concatenated along channels into patches (N * prod(out), prod(K) * C_in), slot
-    ``offset * C_in + c`` in the order of ``w.reshape(-1, C_out)``, times that matrix."""
-    kernel = w.shape[:-2]
-    pads, outs = _conv_geometry(x.shape[1:-1], kernel, stride, padding)
-    xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-    cols = jnp.concatenate(
-        [xp[(slice(None),) + tuple(slice(o, o + (n - 1) * st + 1, st)
-                                   for o, n, st in zip(offs, outs, stride))]
-         for offs in itertools.product(*[range(k) for k in kernel])], axis=-1)
-    out = cols.reshape(-1, cols.shape[-1]) @ w.reshape(-1, w.shape[-1])
-    return out.reshape(x.shape[0], *outs, w.shape[-1])
-
-
-#: Largest im2col patch matrix (bytes) built instead of calling lax.conv on a CPU.
-IM2COL_MAX_BYTES = 2 * 2**20
-
-
-def _use_im2col(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, ...],
-                padding: str, itemsize: int = 4) -> bool:
-    """im2col on a CPU backend for narrow, small convolutions: a patch row (prod(K) * C_in
-    values) no longer than the C_out outputs it produces, and the whole patch matrix at most
-    `IM2COL_MAX_BYTES`. Other backends always use lax.conv.
-
-    Measured on 2 CPU cores (experiments/benchmarks, A/B against lax.conv in whole train steps):
-    a win of about 10% on the digits CNN's 3x3x1 -> 32 layer (74 KB of patches) and the
-    MNIST-1D CNN's 5x1 -> 25 layer (40 KB); a loss of about 5% on LeNet's 5x5x1 -> 32 layer at
-    batch 128 (10 MB of patches), and a large loss wherever the patches are many times the
-    output (5x5x32 -> 64: the 25-fold patches cost more than XLA's convolution).
-    """
-    _, outs = _conv_geometry(x_shape[1:-1], w_shape[:-2], stride, padding)
-    patch_bytes = x_shape[0] * math.prod(outs) * math.prod(w_shape[:-1]) * itemsize
-    return (jax.default_backend() == "cpu" and min(outs) >= 1
-            and math.prod(w_shape[:-1]) <= w_shape[-1] and patch_bytes <= IM2COL_MAX_BYTES)
-
-
-def _conv(x: Array, w: Array, stride: tuple[int, ...], padding: str) -> Array:
-    """Cross-correlation of channels-last x with w (*K, C_in, C_out), the implementation chosen
-    at trace time by `_use_im2col`; both give `lax.conv_general_dilated`'s result."""
-    if _use_im2col(tuple(x.shape), tuple(w.shape), stride, padding, x.dtype.itemsize):
-        return _conv_im2col(x, w, stride, padding)
-    return _conv_lax(x, w, stride, padding)
 
 
 def init_conv2d(key: Array, in_channels: int, out_channels: int,
@@ -196,8 +140,9 @@ def init_conv2d(key: Array, in_channels: int, out_channels: int,
                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a 2-D convolution: ``{"w": (KH, KW, C_in, C_out), "b": (C_out,)}``."""
+    out_channels = _checks.check_positive("conv2d", "features", out_channels)
     kh, kw_ = _pair(kernel_size, 2, "conv2d kernel_size")
-    k1, k2 = split_keys(key)
+    k1, k2 = jax.random.split(key)
     params = {"w": get_initializer(w_init)(k1, (kh, kw_, in_channels, out_channels), dtype)}
     if bias:
         params["b"] = get_initializer(b_init)(k2, (out_channels,), dtype)
@@ -230,8 +175,10 @@ def init_conv1d(key: Array, in_channels: int, out_channels: int, kernel_size: in
                 bias: bool = True, w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a 1-D convolution: ``{"w": (K, C_in, C_out), "b": (C_out,)}``."""
-    k1, k2 = split_keys(key)
-    params = {"w": get_initializer(w_init)(k1, (int(kernel_size), in_channels, out_channels),
+    out_channels = _checks.check_positive("conv1d", "features", out_channels)
+    (kernel_size,) = _pair(kernel_size, 1, "conv1d kernel_size")
+    k1, k2 = jax.random.split(key)
+    params = {"w": get_initializer(w_init)(k1, (kernel_size, in_channels, out_channels),
                                            dtype)}
     if bias:
         params["b"] = get_initializer(b_init)(k2, (out_channels,), dtype)
@@ -349,7 +296,9 @@ def init_maxout(key: Array, in_features: int, out_features: int, pieces: int = 2
                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
                 dtype: Any = jnp.float32) -> Params:
     """Parameters of a maxout layer: ``{"w": (D, M, P), "b": (M, P)}``."""
-    k1, k2 = split_keys(key)
+    out_features = _checks.check_positive("maxout", "features", out_features)
+    pieces = _checks.check_positive("maxout", "pieces", pieces)
+    k1, k2 = jax.random.split(key)
     w = get_initializer(w_init, in_axis=0, out_axis=1, batch_axis=(2,))(
         k1, (in_features, out_features, pieces), dtype)
     return {"w": w, "b": get_initializer(b_init)(k2, (out_features, pieces), dtype)}
@@ -373,10 +322,88 @@ def maxout_apply(params: Params, x: Array) -> Array:
     return jnp.max(z, axis=-1)
 
 
+# --------------------------------------------------------------------------- the layer table
+
+
+class Layer(NamedTuple):
+    """One layer type: everything nnfun needs to know about it, declared once.
+
+    Attributes:
+      apply: ``apply(params, x, **hyper) -> out``; a stochastic layer also takes ``key`` and
+        ``train``.
+      init: ``init(key, in_shape, *, dtype, **init_kw) -> params`` for inputs (N, *in_shape),
+        or None for a parameterless layer (its params are ``{}``).
+      stochastic: draws random numbers (takes ``key`` and ``train``).
+      uses_convolution: runs a convolution (the CPU dispatch choice of `nnfun.fast` reads it).
+      examples: cases for the three-way gradient tests of `nnfun.registry`.
+    """
+
+    apply: Callable[..., Array]
+    init: Callable[..., Params] | None = None
+    stochastic: bool = False
+    uses_convolution: bool = False
+    examples: tuple[Example, ...] = ()
+
+    @property
+    def has_params(self) -> bool:
+        return self.init is not None
+
+
+def _in_features(in_shape: tuple[int, ...], layer: str) -> int:
+    if len(in_shape) != 1:
+        raise ValueError(f"{layer}: expects input (N, D) but the previous layer gives "
+                         f"(N, {', '.join(map(str, in_shape))}); add a 'flatten' layer before it")
+    return in_shape[0]
+
+
+def _channels(in_shape: tuple[int, ...], rank: int, layer: str) -> int:
+    if len(in_shape) != rank + 1:
+        want = "(N, H, W, C)" if rank == 2 else "(N, L, C)"
+        raise ValueError(f"{layer}: expects input {want} but the previous layer gives "
+                         f"(N, {', '.join(map(str, in_shape))})")
+    return in_shape[-1]
+
+
+def _dense_init(key: Array, in_shape: tuple[int, ...], *, features: int, bias: bool = True,
+                w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
+                dtype: Any = jnp.float32) -> Params:
+    return init_dense(key, _in_features(in_shape, "dense"), features, bias=bias, w_init=w_init,
+                      b_init=b_init, dtype=dtype)
+
+
+def _maxout_init(key: Array, in_shape: tuple[int, ...], *, features: int, pieces: int = 2,
+                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
+                 dtype: Any = jnp.float32) -> Params:
+    return init_maxout(key, _in_features(in_shape, "maxout"), features, pieces, w_init=w_init,
+                       b_init=b_init, dtype=dtype)
+
+
+def _conv2d_init(key: Array, in_shape: tuple[int, ...], *, features: int,
+                 kernel_size: int | tuple[int, int] = 3, bias: bool = True,
+                 w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
+                 dtype: Any = jnp.float32) -> Params:
+    return init_conv2d(key, _channels(in_shape, 2, "conv2d"), features, kernel_size, bias=bias,
+                       w_init=w_init, b_init=b_init, dtype=dtype)
+
+
+def _conv1d_init(key: Array, in_shape: tuple[int, ...], *, features: int, kernel_size: int = 3,
+                 bias: bool = True, w_init: InitSpec = "he_normal", b_init: InitSpec = "zeros",
+                 dtype: Any = jnp.float32) -> Params:
+    return init_conv1d(key, _channels(in_shape, 1, "conv1d"), features, kernel_size, bias=bias,
+                       w_init=w_init, b_init=b_init, dtype=dtype)
+
+
 def _activation_layer(name: str, fn: Callable[..., Array]) -> Callable[..., Array]:
+    """`fn` as a parameterless layer ``apply(params, x, **hyper)``, with fn's signature."""
+
     def apply(params: Params, x: Array, **hyper: Any) -> Array:
         return fn(x, **hyper)
 
+    sig = inspect.signature(fn)
+    hyper = [p.replace(kind=p.KEYWORD_ONLY) for p in list(sig.parameters.values())[1:]]
+    apply.__signature__ = sig.replace(parameters=[
+        inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD), *hyper])
     apply.__name__ = f"{name}_apply"
     apply.__doc__ = f"The `{name}` activation as a parameterless layer (params={{}}).\n\n" + (
         fn.__doc__ or "")
@@ -396,40 +423,77 @@ softplus_apply = _activation_layer("softplus", _act.softplus)
 softmax_apply = _activation_layer("softmax", _act.softmax)
 log_softmax_apply = _activation_layer("log_softmax", _act.log_softmax)
 
+_ROW = (((3, 5), {}),)
+_POOL2D = (((2, 6, 6, 3), {}),
+           ((2, 7, 7, 2), {"window": 3, "stride": 2, "padding": "SAME"}),
+           ((1, 5, 6, 2), {"window": (3, 2), "stride": 1, "padding": "VALID"}))
+_POOL1D = (((2, 8, 3), {}), ((2, 9, 2), {"window": 3, "stride": 2, "padding": "SAME"}))
 
-# --------------------------------------------------------------------------- shape-driven init
+#: Every layer type, by the name a model or config uses.
+LAYERS: dict[str, Layer] = {
+    "dense": Layer(dense_apply, _dense_init, examples=(
+        ((3, 5), {"features": 4}), ((2, 3), {"features": 2, "bias": False}))),
+    "conv2d": Layer(conv2d_apply, _conv2d_init, uses_convolution=True, examples=(
+        ((2, 6, 6, 3), {"features": 4, "kernel_size": 3}),
+        ((2, 7, 6, 2), {"features": 3, "kernel_size": (3, 2), "stride": 2, "padding": "VALID"}),
+        ((1, 6, 5, 2), {"features": 2, "kernel_size": 3, "stride": (2, 1), "padding": "SAME",
+                        "bias": False}))),
+    "conv1d": Layer(conv1d_apply, _conv1d_init, uses_convolution=True, examples=(
+        ((2, 10, 3), {"features": 4, "kernel_size": 3}),
+        ((2, 11, 2), {"features": 3, "kernel_size": 5, "stride": 2, "padding": "SAME"}),
+        ((1, 9, 2), {"features": 2, "kernel_size": 4, "stride": 2, "padding": "VALID"}))),
+    "max_pool2d": Layer(max_pool2d_apply, examples=_POOL2D),
+    "avg_pool2d": Layer(avg_pool2d_apply, examples=_POOL2D),
+    "max_pool1d": Layer(max_pool1d_apply, examples=_POOL1D),
+    "avg_pool1d": Layer(avg_pool1d_apply, examples=_POOL1D),
+    "flatten": Layer(flatten_apply, examples=(((2, 3, 4, 2), {}),)),
+    "dropout": Layer(dropout_apply, stochastic=True, examples=(
+        ((4, 6), {"drop_rate": 0.5}), ((2, 3, 3, 2), {"drop_rate": 0.2}))),
+    "maxout": Layer(maxout_apply, _maxout_init, examples=(
+        ((3, 5), {"features": 4, "pieces": 3}),)),
+    "identity": Layer(identity_apply, examples=_ROW),
+    "step": Layer(step_apply, examples=_ROW),
+    "heaviside": Layer(heaviside_apply, examples=_ROW),
+    "sign": Layer(sign_apply, examples=_ROW),
+    "sigmoid": Layer(sigmoid_apply, examples=_ROW),
+    "tanh": Layer(tanh_apply, examples=_ROW),
+    "relu": Layer(relu_apply, examples=_ROW),
+    "leaky_relu": Layer(leaky_relu_apply, examples=(((3, 5), {"negative_slope": 0.2}),)),
+    "elu": Layer(elu_apply, examples=(((3, 5), {"alpha": 0.7}),)),
+    "softplus": Layer(softplus_apply, examples=_ROW),
+    "softmax": Layer(softmax_apply, examples=(((3, 5), {}), ((2, 3, 4), {"axis": 1}))),
+    "log_softmax": Layer(log_softmax_apply, examples=(((3, 5), {}), ((2, 3, 4), {"axis": 1}))),
+}
 
 
-def _in_features(in_shape: tuple[int, ...], layer: str) -> int:
-    if len(in_shape) != 1:
-        raise ValueError(f"{layer}: expects input (N, D) but the previous layer gives "
-                         f"(N, {', '.join(map(str, in_shape))}); add a 'flatten' layer before it")
-    return in_shape[0]
+def get_layer(name: str) -> Layer:
+    """The `LAYERS` entry `name`; ValueError naming the valid names otherwise."""
+    if name not in LAYERS:
+        raise ValueError(f"layer: unknown name {name!r}; expected one of {sorted(LAYERS)}")
+    return LAYERS[name]
 
 
-def _channels(in_shape: tuple[int, ...], rank: int, layer: str) -> int:
-    if len(in_shape) != rank + 1:
-        want = "(N, H, W, C)" if rank == 2 else "(N, L, C)"
-        raise ValueError(f"{layer}: expects input {want} but the previous layer gives "
-                         f"(N, {', '.join(map(str, in_shape))})")
-    return in_shape[-1]
+def init_layer(layer: Layer, key: Array, in_shape: tuple[int, ...], *, dtype: Any = jnp.float32,
+               init_kwargs: dict[str, Any] | None = None,
+               apply_kwargs: dict[str, Any] | None = None) -> tuple[tuple[int, ...], Params]:
+    """``(out_shape, params)`` of `layer` for inputs (N, *in_shape), stax's init contract.
 
+    The output shape comes from `jax.eval_shape` of the layer's apply, so no layer states its
+    shape arithmetic twice.
 
-def init_layer_from_shape(name: str, key: Array, in_shape: tuple[int, ...],
-                          **init_kwargs: Any) -> Params:
-    """Initialises layer `name` for inputs of shape (N, *in_shape); ``{}`` if parameterless.
-
-    The size keyword is ``features`` for dense, maxout and the convolutions.
+    Raises:
+      ValueError: the input shape does not fit the layer, or a parameterless layer got
+        initialiser arguments.
     """
-    kw = dict(init_kwargs)
-    if name == "dense":
-        return init_dense(key, _in_features(in_shape, name), kw.pop("features"), **kw)
-    if name == "maxout":
-        return init_maxout(key, _in_features(in_shape, name), kw.pop("features"), **kw)
-    if name == "conv2d":
-        return init_conv2d(key, _channels(in_shape, 2, name), kw.pop("features"), **kw)
-    if name == "conv1d":
-        return init_conv1d(key, _channels(in_shape, 1, name), kw.pop("features"), **kw)
-    if kw:
-        raise ValueError(f"{name}: takes no initialiser arguments, got {sorted(kw)}")
-    return {}
+    init_kwargs = dict(init_kwargs or {})
+    if layer.init is not None:
+        params = layer.init(key, tuple(in_shape), dtype=dtype, **init_kwargs)
+    elif init_kwargs:
+        raise ValueError(f"takes no initialiser arguments, got {sorted(init_kwargs)}")
+    else:
+        params = {}
+    extra = {"key": None, "train": False} if layer.stochastic else {}
+    x = jax.ShapeDtypeStruct((1, *in_shape), dtype)
+    out = jax.eval_shape(lambda p, v: layer.apply(p, v, **extra, **(apply_kwargs or {})),
+                         params, x)
+    return tuple(out.shape[1:]), params

@@ -9,11 +9,17 @@ log-sigmoid). Hand-written derivatives live in `nnfun.manual.losses`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nnfun.activations import log_softmax
+
+__all__ = ["Loss", "LOSSES", "TARGET_KINDS", "REDUCTIONS", "get_loss", "get_loss_entry",
+           "make_targets", "predict_labels", "squared_error", "mean_squared_error",
+           "binary_cross_entropy_with_logits", "binary_cross_entropy", "logistic_loss",
+           "softmax_cross_entropy", "multiclass_hinge"]
 
 Array = jax.Array
 REDUCTIONS = ("mean", "sum")
@@ -132,19 +138,76 @@ def multiclass_hinge(scores: Array, labels: Array, *, margin: float = 1.0,
     return _reduce(jnp.sum(margins, axis=-1), reduction)
 
 
-LOSSES: dict[str, Callable[..., Array]] = {
-    "squared_error": squared_error,
-    "mean_squared_error": mean_squared_error,
-    "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
-    "binary_cross_entropy": binary_cross_entropy,
-    "logistic_loss": logistic_loss,
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "multiclass_hinge": multiclass_hinge,
+class Loss(NamedTuple):
+    """One loss, declared once with what training and the tests need to know about it.
+
+    Attributes:
+      fn: ``fn(pred, target, *, reduction="mean", ...) -> scalar``.
+      targets: what a classifier's integer labels become for this loss: ``"labels"`` (kept as
+        integer classes), ``"one_hot"`` ({0, 1} one-hot rows, or one {0, 1} column for a
+        single-output model) or ``"pm1"`` (the same in {-1, +1}).
+      threshold: for a single-output classifier, the prediction above which the class is 1
+        (0 for logits and scores, 0.5 for probabilities and squared error on {0, 1}).
+      preds: what the prediction must be: ``"real"`` or ``"probs"`` (in (0, 1)).
+      examples: keyword arguments the three-way gradient tests run.
+    """
+
+    fn: Callable[..., Array]
+    targets: str
+    threshold: float = 0.5
+    preds: str = "real"
+    examples: tuple[dict[str, Any], ...] = ({},)
+
+
+TARGET_KINDS = ("labels", "one_hot", "pm1")
+
+#: Every loss, by the name a config uses.
+LOSSES: dict[str, Loss] = {
+    "squared_error": Loss(squared_error, "one_hot", 0.5,
+                          examples=({}, {"half": False, "reduction": "sum"})),
+    "mean_squared_error": Loss(mean_squared_error, "one_hot", 0.5,
+                               examples=({}, {"reduction": "sum"})),
+    "binary_cross_entropy_with_logits": Loss(binary_cross_entropy_with_logits, "one_hot", 0.0),
+    "binary_cross_entropy": Loss(binary_cross_entropy, "one_hot", 0.5, preds="probs",
+                                 examples=({}, {"reduction": "sum"})),
+    "logistic_loss": Loss(logistic_loss, "pm1", 0.0),
+    "softmax_cross_entropy": Loss(softmax_cross_entropy, "labels",
+                                  examples=({}, {"reduction": "sum"})),
+    "multiclass_hinge": Loss(multiclass_hinge, "labels", examples=({}, {"margin": 0.5})),
 }
 
 
 def get_loss(name: str) -> Callable[..., Array]:
-    """Looks a loss up by name; ValueError naming the valid names otherwise."""
+    """The loss function `name`; ValueError naming the valid names otherwise."""
+    return get_loss_entry(name).fn
+
+
+def get_loss_entry(name: str) -> Loss:
+    """The `LOSSES` entry `name`; ValueError naming the valid names otherwise."""
     if name not in LOSSES:
         raise ValueError(f"loss: unknown name {name!r}; expected one of {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def make_targets(loss_name: str, labels: Array, out_dim: int, num_classes: int) -> Array:
+    """Integer class labels (N,) turned into what `loss_name` expects from a model with
+    `out_dim` outputs (its `Loss.targets`); regression targets (``num_classes == 0``) pass
+    through.
+
+    Returns:
+      (N,) labels, or (N, out_dim) one-hot rows (N, 1 for a single output) in {0, 1} or
+      {-1, +1}.
+    """
+    kind = get_loss_entry(loss_name).targets
+    if num_classes == 0 or kind == "labels":
+        return labels
+    y = labels[:, None].astype(jnp.float32) if out_dim == 1 else jax.nn.one_hot(labels, out_dim)
+    return 2.0 * y - 1.0 if kind == "pm1" else y
+
+
+def predict_labels(loss_name: str, preds: Array) -> Array:
+    """Class predictions (N,) from (N, K) predictions: argmax for several outputs; for one
+    output, 1 where it exceeds the loss's `Loss.threshold`."""
+    if preds.shape[-1] > 1:
+        return jnp.argmax(preds, axis=-1)
+    return (preds[:, 0] > get_loss_entry(loss_name).threshold).astype(jnp.int32)

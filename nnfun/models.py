@@ -14,70 +14,66 @@ parameterless layers), so ``params`` is a plain list of dicts. Build a model fro
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from nnfun import layers as L
-from nnfun.activations import ACTIVATIONS
-from nnfun.initializers import split_keys
+from nnfun.layers import LAYERS, Layer, get_layer, init_layer
 from nnfun.spec import LayerSpec
+
+__all__ = ["Model", "available_layers", "layer_arguments", "layer", "sequential", "init_model",
+           "model_apply", "param_count", "default_w_init", "mlp", "cnn", "summary"]
 
 Array = jax.Array
 Params = list[dict[str, Array]]
 
-_PARAM_LAYERS = {"dense": L.init_dense, "conv2d": L.init_conv2d, "conv1d": L.init_conv1d,
-                 "maxout": L.init_maxout}
-_SIZE_ARGS = {"in_features", "out_features", "in_channels", "out_channels", "key", "dtype"}
+
+def available_layers() -> list[str]:
+    """Every layer name a model may use: the keys of `nnfun.layers.LAYERS`."""
+    return sorted(LAYERS)
 
 
-def _apply_fn(name: str) -> Callable[..., Array]:
-    return getattr(L, f"{name}_apply")
-
-
-def layer_names() -> list[str]:
-    """Every layer name a model may use."""
-    return sorted(n[: -len("_apply")] for n in dir(L) if n.endswith("_apply"))
-
-
-def _kwonly(fn: Callable[..., Any], drop: set[str]) -> set[str]:
+def _keywords(fn: Any, drop: set[str]) -> set[str]:
     ps = inspect.signature(fn).parameters.values()
-    return {p.name for p in ps if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - drop
+    return {p.name for p in ps if p.kind is p.KEYWORD_ONLY} - drop
 
 
 def layer_arguments(name: str) -> tuple[set[str], set[str]]:
-    """The (initialiser, apply) keyword names a layer spec may carry."""
-    if name not in layer_names():
-        raise ValueError(f"layer: unknown name {name!r}; expected one of {layer_names()}")
-    init_keys = set()
-    if name in _PARAM_LAYERS:
-        init_keys = _kwonly(_PARAM_LAYERS[name], _SIZE_ARGS) | {"features"}
-    if name in ACTIVATIONS:
-        apply_keys = _kwonly(ACTIVATIONS[name], {"x"})
-    else:
-        apply_keys = _kwonly(_apply_fn(name), {"params", "x", "key", "train"})
-    return init_keys, apply_keys
+    """The (initialiser, apply) keyword names a layer spec may carry: the keyword-only
+    arguments of the table entry's ``init`` (less ``dtype``) and ``apply`` (less ``key`` and
+    ``train``)."""
+    entry = get_layer(name)
+    init_keys = _keywords(entry.init, {"dtype"}) if entry.init is not None else set()
+    return init_keys, _keywords(entry.apply, {"key", "train"})
+
+
+def _required(entry: Layer) -> set[str]:
+    """Keyword arguments without a default, of the init and the apply."""
+    fns = [f for f in (entry.init, entry.apply) if f is not None]
+    return {p.name for f in fns for p in inspect.signature(f).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in ("dtype",)}
 
 
 def layer(name: str, **kwargs: Any) -> LayerSpec:
     """Builds a `LayerSpec`, sorting `kwargs` into initialiser and apply arguments.
 
     Raises:
-      ValueError: for an unknown layer, an unknown argument, or a missing ``features``.
+      ValueError: for an unknown layer, an unknown argument, or a missing required one
+        (``features`` of dense, ``drop_rate`` of dropout).
     """
     init_keys, apply_keys = layer_arguments(name)
     unknown = set(kwargs) - init_keys - apply_keys
     if unknown:
         raise ValueError(f"layer {name!r}: unknown argument(s) {sorted(unknown)}; expected "
                          f"some of {sorted(init_keys | apply_keys)}")
-    if "features" in init_keys and "features" not in kwargs:
-        raise ValueError(f"layer {name!r}: missing required argument 'features'")
-    if name == "dropout" and "drop_rate" not in kwargs:
-        raise ValueError("layer 'dropout': missing required argument 'drop_rate'")
+    missing = _required(LAYERS[name]) - set(kwargs)
+    if missing:
+        raise ValueError(f"layer {name!r}: missing required argument {sorted(missing)[0]!r}")
     return LayerSpec.make(name, {k: v for k, v in kwargs.items() if k in init_keys},
-                          {k: v for k, v in kwargs.items() if k in apply_keys})
+                          {k: v for k, v in kwargs.items() if k in apply_keys},
+                          stochastic=LAYERS[name].stochastic)
 
 
 def _as_spec(item: LayerSpec | str | tuple | Mapping[str, Any]) -> LayerSpec:
@@ -107,8 +103,11 @@ class Model(NamedTuple):
         return model_apply(params, x, self.layers, key=key, train=train)
 
     def output_shape(self, params: Params, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """The output shape for one example of `input_shape` (without running the model)."""
-        x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+        """The output shape for one example of `input_shape` (without running the model), in
+        the dtype of the parameters."""
+        leaves = jax.tree_util.tree_leaves(params)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        x = jax.ShapeDtypeStruct((1, *input_shape), dtype)
         return tuple(jax.eval_shape(lambda p, v: self.apply(p, v), params, x).shape[1:])
 
 
@@ -124,40 +123,47 @@ def sequential(layers: Sequence[LayerSpec | str | tuple | Mapping[str, Any]]) ->
     return Model(tuple(specs))
 
 
-def _layer_apply(spec: LayerSpec, p: dict[str, Array], x: Array, key: Array | None,
-                 train: bool) -> Array:
-    fn = _apply_fn(spec.name)
+def _layer_apply(entry: Layer, spec: LayerSpec, p: dict[str, Array], x: Array,
+                 key: Array | None, train: bool) -> Array:
     if spec.stochastic:
-        return fn(p, x, key=key, train=train, **spec.apply_kwargs)
-    return fn(p, x, **spec.apply_kwargs)
+        return entry.apply(p, x, key=key, train=train, **spec.apply_kwargs)
+    return entry.apply(p, x, **spec.apply_kwargs)
 
 
 def init_model(key: Array, layers: Sequence[LayerSpec], input_shape: Sequence[int],
                dtype: Any = jnp.float32) -> Params:
-    """Parameters of every layer, threading the shape through the model.
+    """Parameters of every layer, threading the shape through the model: layer ``i`` gets
+    ``jax.random.split(key, len(layers))[i]``.
 
     Raises:
       ValueError: naming the layer whose input shape does not fit.
     """
     shape = tuple(int(s) for s in input_shape)
     params: Params = []
-    for i, (spec, k) in enumerate(zip(layers, split_keys(key, max(len(layers), 1)))):
+    keys = jax.random.split(key, max(len(layers), 1))
+    for i, spec in enumerate(layers):
         try:
-            p = L.init_layer_from_shape(spec.name, k, shape, dtype=dtype, **spec.init_kwargs) \
-                if spec.name in _PARAM_LAYERS else L.init_layer_from_shape(spec.name, k, shape)
-            x = jax.ShapeDtypeStruct((1, *shape), dtype)
-            out = jax.eval_shape(lambda p_, x_, s=spec: _layer_apply(s, p_, x_, None, False), p, x)
+            shape_out, p = init_layer(get_layer(spec.name), keys[i], shape, dtype=dtype,
+                                      init_kwargs=spec.init_kwargs,
+                                      apply_kwargs=spec.apply_kwargs)
         except (ValueError, TypeError) as e:
             raise ValueError(f"layers[{i}] ({spec.name}) with input shape (N, "
                              f"{', '.join(map(str, shape))}): {e}") from None
         params.append(p)
-        shape = tuple(out.shape[1:])
+        shape = shape_out
     return params
 
 
 def model_apply(params: Params, x: Array, layers: Sequence[LayerSpec], *,
-                key: Array | None = None, train: bool = False) -> Array:
-    """Runs layers in order; stochastic layer ``i`` gets ``jax.random.fold_in(key, i)``."""
+                key: Array | None = None, train: bool = False,
+                table: Mapping[str, Layer] | None = None) -> Array:
+    """Runs layers in order; stochastic layer ``i`` gets ``jax.random.fold_in(key, i)``.
+
+    Args:
+      table: the layer table to run (default `nnfun.layers.LAYERS`; `nnfun.fast.fast_layers`
+        gives one with a CPU's faster variants).
+    """
+    table = LAYERS if table is None else table
     if len(params) != len(layers):
         raise ValueError(f"params: expected {len(layers)} entries (one per layer), "
                          f"got {len(params)}")
@@ -165,7 +171,7 @@ def model_apply(params: Params, x: Array, layers: Sequence[LayerSpec], *,
         k = None
         if spec.stochastic and train and key is not None:
             k = jax.random.fold_in(key, i)
-        x = _layer_apply(spec, p, x, k, train)
+        x = _layer_apply(table[spec.name], spec, p, x, k, train)
     return x
 
 
@@ -181,7 +187,7 @@ def default_w_init(activation: str) -> str:
 
 def mlp(hidden: Sequence[int], out: int, *, activation: str = "relu",
         out_activation: str | None = None, dropout: float = 0.0, bias: bool = True,
-        w_init: Any = None, flatten: bool = False) -> Model:
+        w_init: Any = None, b_init: Any = "zeros", flatten: bool = False) -> Model:
     """A multilayer perceptron: [flatten] -> (dense -> activation [-> dropout]) * len(hidden)
     -> dense(out) [-> out_activation].
 
@@ -190,16 +196,17 @@ def mlp(hidden: Sequence[int], out: int, *, activation: str = "relu",
       out: number of outputs.
       activation: hidden activation name.
       w_init: initialiser for every dense weight; default by `default_w_init(activation)`.
+      b_init: initialiser for every dense bias.
       flatten: put a flatten layer first (for image inputs).
     """
     w_init = w_init or default_w_init(activation)
     specs: list[LayerSpec] = [layer("flatten")] if flatten else []
     for width in hidden:
-        specs += [layer("dense", features=int(width), bias=bias, w_init=w_init),
+        specs += [layer("dense", features=int(width), bias=bias, w_init=w_init, b_init=b_init),
                   layer(activation)]
         if dropout:
             specs.append(layer("dropout", drop_rate=dropout))
-    specs.append(layer("dense", features=int(out), bias=bias, w_init=w_init))
+    specs.append(layer("dense", features=int(out), bias=bias, w_init=w_init, b_init=b_init))
     if out_activation:
         specs.append(layer(out_activation))
     return Model(tuple(specs))
@@ -207,7 +214,8 @@ def mlp(hidden: Sequence[int], out: int, *, activation: str = "relu",
 
 def cnn(conv: Sequence[int], dense: Sequence[int], out: int, *, kernel_size: int = 3,
         activation: str = "relu", padding: str = "SAME", pool: str | None = "max",
-        pool_window: int = 2, dropout: float = 0.0, rank: int = 2, w_init: Any = None) -> Model:
+        pool_window: int = 2, dropout: float = 0.0, rank: int = 2, w_init: Any = None,
+        b_init: Any = "zeros") -> Model:
     """A convolutional net: (conv -> activation [-> pool]) per entry of `conv`, flatten,
     (dense -> activation [-> dropout]) per entry of `dense`, dense(out).
 
@@ -216,6 +224,7 @@ def cnn(conv: Sequence[int], dense: Sequence[int], out: int, *, kernel_size: int
       dense: widths of the hidden dense layers after flattening.
       rank: 2 for images (N, H, W, C) with conv2d, 1 for sequences (N, L, C) with conv1d.
       pool: "max", "avg" or None.
+      w_init, b_init: initialisers of every weight and bias.
     """
     if rank not in (1, 2):
         raise ValueError(f"cnn: rank must be 1 or 2, got {rank!r}")
@@ -225,13 +234,43 @@ def cnn(conv: Sequence[int], dense: Sequence[int], out: int, *, kernel_size: int
     specs: list[LayerSpec] = []
     for c in conv:
         specs += [layer(f"conv{rank}d", features=int(c), kernel_size=kernel_size,
-                        padding=padding, w_init=w_init), layer(activation)]
+                        padding=padding, w_init=w_init, b_init=b_init), layer(activation)]
         if pool:
             specs.append(layer(f"{pool}_pool{rank}d", window=pool_window))
     specs.append(layer("flatten"))
     for width in dense:
-        specs += [layer("dense", features=int(width), w_init=w_init), layer(activation)]
+        specs += [layer("dense", features=int(width), w_init=w_init, b_init=b_init),
+                  layer(activation)]
         if dropout:
             specs.append(layer("dropout", drop_rate=dropout))
-    specs.append(layer("dense", features=int(out), w_init=w_init))
+    specs.append(layer("dense", features=int(out), w_init=w_init, b_init=b_init))
     return Model(tuple(specs))
+
+
+def summary(layers: Sequence[LayerSpec], input_shape: Sequence[int],
+            dtype: Any = jnp.float32) -> list[tuple[str, tuple[int, ...], int]]:
+    """One row per layer: ``(name, output shape (N, ...), parameter count)``, computed from
+    shapes alone (`jax.eval_shape`), so no parameter is materialised.
+
+    Raises:
+      ValueError: naming the layer whose input shape does not fit.
+    """
+    rows, shape = [], tuple(int(s) for s in input_shape)
+    for i, spec in enumerate(layers):
+        found: dict[str, tuple[int, ...]] = {}
+
+        def init(k: Array, spec: LayerSpec = spec, shape: tuple[int, ...] = shape,
+                 found: dict = found) -> Any:
+            found["shape"], p = init_layer(get_layer(spec.name), k, shape, dtype=dtype,
+                                           init_kwargs=spec.init_kwargs,
+                                           apply_kwargs=spec.apply_kwargs)
+            return p
+
+        try:
+            structs = jax.eval_shape(init, jax.random.PRNGKey(0))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"layers[{i}] ({spec.name}) with input shape (N, "
+                             f"{', '.join(map(str, shape))}): {e}") from None
+        shape = found["shape"]
+        rows.append((spec.name, shape, param_count(structs)))
+    return rows

@@ -21,6 +21,9 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+__all__ = ["make_optimizer", "make_schedule", "inverse_sqrt_schedule", "OPTIMIZERS", "SCHEDULES",
+           "STEP_ARGUMENTS"]
+
 Schedule = Callable[[Any], Any]
 
 

@@ -23,6 +23,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+__all__ = ["plot_run", "read_metrics", "line_plot", "METRICS_FILE"]
+
 Series = tuple[Sequence[float], Sequence[float]]
 
 METRICS_FILE = "metrics.jsonl"

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 from nnfun.spec import is_weight_path
 
+__all__ = ["l2", "l1", "REGULARIZERS", "L2_CONVENTIONS", "get_regularizer"]
+
 Array = jax.Array
 L2_CONVENTIONS = ("sum", "over_2m")
 

@@ -1,9 +1,17 @@
 """The training driver: the I/O edge between a `Config` and the pure functions of `nnfun.train`.
 
-`train_run(config, run_dir)` loads and preprocesses the data, builds model, optimiser and
-schedule, trains with a progress bar, evaluates, writes ``metrics.jsonl``, ``summary.json``,
-checkpoints and plots into the run folder, and stops cleanly on Ctrl-C (a checkpoint is saved
-and the resume command printed) or on a non-finite loss (the last good checkpoint is kept).
+A run goes through named stages, as the flax MNIST example does:
+
+1. `prepare(config)`: data (preprocessing fitted on the training split), model, loss,
+   regularisers, optimiser and schedule: a `RunSetup`, shared by `train_run`, `eval_run`,
+   `resume_run` and `gradcheck_config`;
+2. `initial_state(setup)`: parameters from the config's seed, and the optimiser state;
+3. `train_run`: the epoch loop (`nnfun.train.make_train_epoch`), with a `RunRecorder` writing
+   ``metrics.jsonl``, checkpoints and the progress bar, stopping cleanly on Ctrl-C (a checkpoint
+   is saved and the resume command printed) or on a non-finite loss (the last good checkpoint
+   is kept);
+4. `finish`: the test-split evaluation, ``summary.json`` and plots.
+
 `resume_run(run_dir)` continues a run so that it ends with exactly the parameters an
 uninterrupted run would have.
 """
@@ -19,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +35,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from nnfun import data as data_lib
-from nnfun import distributed, optim, preprocessing, train
+from nnfun import distributed, fast, gradcheck, optim, preprocessing, train
 from nnfun.checkpoint import CheckpointStore
-from nnfun.config import Config, ConfigError, build_model, config_from_resolved
+from nnfun.config import Config, ConfigError, build_model, config_from_resolved, load_config
+from nnfun.losses import make_targets
+from nnfun.models import Model
 from nnfun.spec import LossSpec, RegSpec
+
+__all__ = ["RunError", "UserError", "RunSetup", "RunRecorder", "default_run_dir", "prepare",
+           "initial_state", "train_run", "resume_run", "eval_run", "load_run_config",
+           "gradcheck_config"]
 
 
 class RunError(RuntimeError):
@@ -48,7 +62,7 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
 
 
 @contextlib.contextmanager
-def precision(dtype: str) -> Iterator[None]:
+def _precision(dtype: str) -> Iterator[None]:
     """Runs the block in float64 when asked (x64 switched on only inside it)."""
     if dtype == "float64":
         with jax.enable_x64(True):
@@ -57,43 +71,69 @@ def precision(dtype: str) -> Iterator[None]:
         yield
 
 
-# --------------------------------------------------------------------------- preparation
+# --------------------------------------------------------------------------- 1. preparation
 
 
-def load_data(config: Config, run_dir: Path | None = None,
-              prep_state: dict | None = None) -> tuple[data_lib.Dataset, dict]:
+class RunSetup(NamedTuple):
+    """Everything a config describes, built once.
+
+    Attributes:
+      config: the validated config.
+      data: the dataset, preprocessed with `prep_state`.
+      prep_state: the fitted preprocessing (saved into the run folder).
+      model, loss, regularizers: what the objective is made of.
+      optimizer: the optax optimiser (with its schedule).
+      learning_rate: step -> learning rate, for the metrics.
+      batch_size, steps_per_epoch: a batch size of 0 in the config means the whole set.
+      dtype: the parameters' and inputs' float type.
+      out_width: the model's number of outputs.
+    """
+
+    config: Config
+    data: data_lib.Dataset
+    prep_state: dict
+    model: Model
+    loss: LossSpec
+    regularizers: tuple[RegSpec, ...]
+    optimizer: Any
+    learning_rate: Callable[[int], float]
+    batch_size: int
+    steps_per_epoch: int
+    dtype: Any
+    out_width: int
+
+
+def _load_data(config: Config, prep_state: dict | None) -> tuple[data_lib.Dataset, dict]:
     """Loads the dataset and fits (or reuses) the preprocessing on the training split only."""
     try:
         ds = data_lib.load_dataset(config.data["name"], seed=config.training.seed,
                                    **config.kwargs("data"))
-    except data_lib.DataError as e:
+        if prep_state is None:
+            prep_state = preprocessing.fit_preprocessor(
+                ds.x_train, method=config.data.get("preprocessing", "none"),
+                n_components=config.data.get("n_components"))
+    except (data_lib.DataError, ValueError) as e:
         raise UserError(f"{config.source}: data: {e}") from None
-    method = config.data.get("preprocessing", "none")
-    if prep_state is None:
-        prep_state = preprocessing.fit_preprocessor(
-            ds.x_train, method=method, n_components=config.data.get("n_components"))
     apply = lambda x: preprocessing.apply_preprocessor(prep_state, x).astype(np.float32)  # noqa: E731
     ds = ds._replace(x_train=apply(ds.x_train), x_val=apply(ds.x_val), x_test=apply(ds.x_test))
-    if run_dir is not None:
-        preprocessing.save_preprocessor(prep_state, run_dir / "preprocessing.npz")
     return ds, prep_state
 
 
-def steps_per_epoch(config: Config, num_train: int) -> tuple[int, int]:
+def _batching(config: Config, num_train: int) -> tuple[int, int]:
     """(batch size, steps per epoch); a batch size of 0 means full-batch gradient descent."""
-    bs = config.training.batch_size or num_train
-    if bs > num_train:
+    batch_size = config.training.batch_size or num_train
+    if batch_size > num_train:
         raise UserError(f"{config.source}: training.batch_size: expected at most the "
-                        f"{num_train} training examples, found {bs}")
-    return bs, num_train // bs
+                        f"{num_train} training examples, found {batch_size}")
+    return batch_size, num_train // batch_size
 
 
-def build_schedule(config: Config, spe: int) -> optim.Schedule | None:
+def _schedule(config: Config, steps_per_epoch: int) -> optim.Schedule | None:
     """The configured schedule, with step-count arguments scaled when ``unit = "epoch"``."""
     if not config.schedule:
         return None
     sec = dict(config.schedule)
-    scale = spe if sec.pop("unit", "step") == "epoch" else 1
+    scale = steps_per_epoch if sec.pop("unit", "step") == "epoch" else 1
     for k in optim.STEP_ARGUMENTS & set(sec):
         v = sec[k]
         sec[k] = ({str(int(b) * scale): s for b, s in v.items()} if isinstance(v, dict)
@@ -104,9 +144,9 @@ def build_schedule(config: Config, spe: int) -> optim.Schedule | None:
         raise UserError(f"{config.source}: schedule: {e}") from None
 
 
-def build_optimizer(config: Config, spe: int) -> tuple[Any, Callable[[int], float]]:
+def _optimizer(config: Config, steps_per_epoch: int) -> tuple[Any, Callable[[int], float]]:
     """The optax optimiser and a step -> learning-rate function for logging."""
-    schedule = build_schedule(config, spe)
+    schedule = _schedule(config, steps_per_epoch)
     kw = dict(config.kwargs("optimizer"))
     lr = schedule if schedule is not None else kw.pop("learning_rate")
     kw.pop("learning_rate", None)
@@ -118,26 +158,17 @@ def build_optimizer(config: Config, spe: int) -> tuple[Any, Callable[[int], floa
     return opt, (lambda s: float(schedule(s))) if schedule is not None else (lambda s: float(lr))
 
 
-def loss_and_regs(config: Config) -> tuple[LossSpec, tuple[RegSpec, ...]]:
+def _objective(config: Config) -> tuple[LossSpec, tuple[RegSpec, ...]]:
     regs = tuple(RegSpec.make(r["name"], **config.kwargs("regularizers", i))
                  for i, r in enumerate(config.regularizers))
     return LossSpec.make(config.loss["name"], **config.kwargs("loss")), regs
 
 
-def init_state(config: Config, model: Any, ds: data_lib.Dataset, opt: Any,
-               dtype: Any) -> train.TrainState:
-    """The initial train state; a one-line `UserError` when the data's shape does not fit."""
-    try:
-        return train.init_train_state(config.training.seed, model.layers, ds.input_shape, opt,
-                                      dtype)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{config.source}: model: does not fit data {ds.name!r} with input "
-                        f"shape {tuple(ds.input_shape)}: {e}") from None
-
-
-def check_fit(config: Config, model: Any, params: Any, ds: data_lib.Dataset) -> int:
+def _out_width(config: Config, model: Model, ds: data_lib.Dataset, dtype: Any) -> int:
     """The model's output width; a one-line `UserError` when model and data do not fit."""
     try:
+        params = jax.eval_shape(lambda k: model.init(k, ds.input_shape, dtype),
+                                jax.random.PRNGKey(0))
         out = model.output_shape(params, ds.input_shape)
     except (ValueError, TypeError) as e:
         raise UserError(f"{config.source}: model: does not fit data {ds.name!r} with input shape "
@@ -154,7 +185,41 @@ def check_fit(config: Config, model: Any, params: Any, ds: data_lib.Dataset) -> 
     return width
 
 
-# --------------------------------------------------------------------------- the loop
+def prepare(config: Config, *, prep_state: dict | None = None) -> RunSetup:
+    """Builds a run's `RunSetup` from its config; every misfit is a one-line `UserError`.
+
+    Args:
+      prep_state: a fitted preprocessing to reuse (a resumed or evaluated run's); fitted on
+        the training split when None.
+    """
+    ds, prep_state = _load_data(config, prep_state)
+    dtype = jnp.float64 if config.training.dtype == "float64" else jnp.float32
+    batch_size, steps = _batching(config, ds.x_train.shape[0])
+    opt, lr_at = _optimizer(config, steps)
+    model = build_model(config.model)
+    loss, regs = _objective(config)
+    return RunSetup(config, ds, prep_state, model, loss, regs, opt, lr_at, batch_size, steps,
+                    dtype, _out_width(config, model, ds, dtype))
+
+
+def initial_state(setup: RunSetup) -> train.TrainState:
+    """The run's state at step 0: parameters from ``training.seed`` and the optimiser state."""
+    return train.init_train_state(setup.config.training.seed, setup.model.layers,
+                                  setup.data.input_shape, setup.optimizer, setup.dtype)
+
+
+def _targets(setup: RunSetup, labels: np.ndarray) -> jax.Array:
+    """Labels as the loss expects them (`nnfun.losses.make_targets`)."""
+    return make_targets(setup.loss.name, jnp.asarray(labels), setup.out_width,
+                        setup.data.num_classes)
+
+
+def _to_device(a: Any, dtype: Any) -> jax.Array:
+    a = np.asarray(a)
+    return jnp.asarray(a, dtype) if a.dtype.kind == "f" else jnp.asarray(a)
+
+
+# --------------------------------------------------------------------------- 3. recording
 
 
 class _StopFlag:
@@ -179,7 +244,7 @@ class _StopFlag:
         a multi-process run it is a collective), so they all stop after the same step."""
         if jax.process_count() > 1:
             flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
-            self.requested = bool(np.any(flags))
+            self.requested = self.requested or bool(np.any(flags))
         return self.requested
 
     def __exit__(self, *exc: object) -> None:
@@ -191,23 +256,117 @@ def _to_float(tree: Any) -> Any:
     return jax.tree.map(lambda v: np.asarray(v).tolist(), tree)
 
 
-def _mean_grad_norms(names: list[str], gnorms: list) -> dict[str, Any]:
-    """``{"grad_norms": {layer: mean}}`` over the sampled steps (rows without NaN); ``{}`` when
-    no step since the previous record was sampled."""
-    rows = [np.asarray(g).reshape(-1, len(names)) for g in gnorms if g is not None] \
-        if names else []
-    if not rows:
-        return {}
-    rows = np.concatenate(rows)  # (steps, layers): an epoch's stack or one step's row each
-    rows = rows[np.all(np.isfinite(rows), axis=1)]
-    return {"grad_norms": dict(zip(names, rows.mean(0).tolist()))} if len(rows) else {}
-
-
 def _evaluate(evaluate: Callable, params: Any, x: Any, y: Any, prefix: str) -> dict[str, Any]:
     if x.shape[0] == 0:
         return {}
     res = _to_float(evaluate(params, x, y))
     return {f"{prefix}_{k}": v for k, v in res.items()}
+
+
+def _finite(params: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(params))
+
+
+def due(epoch: int, every: int) -> bool:
+    """Whether an action every `every` epochs (0: never) falls at the end of `epoch` (0-based)."""
+    return every > 0 and (epoch + 1) % every == 0
+
+
+#: Training examples evaluated for the train_* metrics (a fixed prefix of the training split).
+TRAIN_EVAL_EXAMPLES = 4096
+
+
+class RunRecorder:
+    """The run folder's writer: ``metrics.jsonl``, checkpoints, the progress bar and the stop
+    rules (a non-finite loss, the last epoch). Only the lead process writes files; every
+    process saves checkpoints together (orbax needs all of them)."""
+
+    def __init__(self, run_dir: Path, setup: RunSetup, store: CheckpointStore,
+                 evaluate: Callable, x_train: jax.Array, *, bar: Any) -> None:
+        self.run_dir, self.setup, self.store, self.bar = run_dir, setup, store, bar
+        self.evaluate, self.x_train = evaluate, x_train[:TRAIN_EVAL_EXAMPLES]
+        self.lead = distributed.is_lead()
+        self.param_labels = train.param_layer_labels(setup.model.layers)
+        self.started = time.perf_counter()
+        self.last_good = store.latest_step()
+        self.last: dict[str, Any] = {}
+        self._losses: list = []
+        self._norms: list = []
+        self.extra: dict[str, Any] = {}
+
+    def add_epoch(self, epoch: int, state: train.TrainState, metrics: dict) -> None:
+        """Keeps an epoch's step metrics; `RunError` at a non-finite loss."""
+        if not metrics:
+            return
+        self._losses.append(np.asarray(metrics["loss"]).ravel())
+        if "grad_norms" in metrics:
+            self._norms.append(np.asarray(metrics["grad_norms"]))
+        last_loss = float(self._losses[-1][-1])
+        if not math.isfinite(last_loss):
+            where = (f"the last good checkpoint is {self.store.path_of(self.last_good)}"
+                     if self.last_good is not None else "no checkpoint was saved before it")
+            raise RunError(f"non-finite loss {last_loss} at step {int(state.step)} "
+                           f"(epoch {epoch + 1}); {where}")
+
+    def end_epoch(self, epoch: int, state: train.TrainState) -> None:
+        """Evaluates, records and checkpoints at the epochs the config asks for."""
+        tc = self.setup.config.training
+        final = epoch + 1 == tc.epochs
+        whole = int(state.step) == (epoch + 1) * self.setup.steps_per_epoch
+        if whole and (due(epoch, tc.eval_every) or final):
+            self.last = self._record(epoch + 1, state)
+            if tc.checkpoint_every == 0 or due(epoch, tc.checkpoint_every) or final:
+                self.save(state, metric=self._metric(self.last))
+        elif due(epoch, tc.checkpoint_every):
+            self.save(state)
+        self.bar.update(1)
+
+    def save(self, state: train.TrainState, *, metric: float | None = None,
+             force: bool = False) -> None:
+        """Checkpoints `state`; a state with non-finite parameters is never called good."""
+        step = int(state.step)
+        if step in self.store.all_steps() or not _finite(state.params):
+            return
+        self.store.save(step, state, metric=metric, force=force)
+        self.last_good = step
+
+    def _metric(self, rec: dict[str, Any]) -> float | None:
+        if "val_accuracy" in rec:
+            return rec["val_accuracy"]
+        return -rec["val_loss"] if "val_loss" in rec else None
+
+    def _record(self, epoch: int, state: train.TrainState) -> dict[str, Any]:
+        ds, step = self.setup.data, int(state.step)
+        rec = {"step": step, "epoch": epoch,
+               "learning_rate": self.setup.learning_rate(max(step - 1, 0)),
+               "train_loss_running": float(np.mean([v.mean() for v in self._losses])),
+               **_evaluate(self.evaluate, state.params, self.x_train,
+                           ds.y_train[:TRAIN_EVAL_EXAMPLES], "train"),
+               **_evaluate(self.evaluate, state.params, _to_device(ds.x_val, self.setup.dtype),
+                           ds.y_val, "val"),
+               "time": time.perf_counter() - self.started,
+               **self._grad_norms(), **self.extra}
+        rec.pop("train_per_class_accuracy", None)
+        self._losses, self._norms, self.extra = [], [], {}
+        if self.lead:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in
+                              ("train_loss", "train_accuracy", "val_accuracy") if k in rec})
+        return rec
+
+    def _grad_norms(self) -> dict[str, Any]:
+        """``{"grad_norms": {layer: mean}}`` over the sampled steps (rows without NaN); ``{}``
+        when no step since the previous record was sampled."""
+        if not self.param_labels or not self._norms:
+            return {}
+        rows = np.concatenate([r.reshape(-1, len(self.param_labels)) for r in self._norms])
+        rows = rows[np.all(np.isfinite(rows), axis=1)]
+        return {"grad_norms": dict(zip(self.param_labels, rows.mean(0).tolist()))} \
+            if len(rows) else {}
+
+
+# --------------------------------------------------------------------------- 2. and 3. training
 
 
 def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resume: bool = False,
@@ -226,162 +385,133 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
     distributed.initialize(config.distributed, where=config.source)
     run_dir = distributed.agree_on_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with precision(config.training.dtype):
-        return _train(config, run_dir, quiet=quiet, resume=resume,
-                      stop_after_epochs=stop_after_epochs, out=out)
+    with _precision(config.training.dtype):
+        prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz") if resume else None
+        setup = prepare(config, prep_state=prep)
+        if not resume and distributed.is_lead():
+            preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
+            (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
+            (run_dir / "metrics.jsonl").write_text("")
+        return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
+                                   stop_after_epochs=stop_after_epochs, out=out)
 
 
-def _train(config: Config, run_dir: Path, *, quiet: bool, resume: bool,
-           stop_after_epochs: int | None, out: Any) -> dict[str, Any]:
+def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: bool,
+                        stop_after_epochs: int | None, out: Any) -> dict[str, Any]:
+    """Stages 2 to 4: the initial (or restored) state, the epoch loop and `finish`."""
     from tqdm.auto import tqdm
 
-    from nnfun.plots import plot_run
-
-    tc = config.training
-    lead = distributed.is_lead()
-    single = jax.process_count() == 1
-    prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz") if resume else None
-    ds, _ = load_data(config, run_dir if lead else None, prep)
-    dtype = jnp.float64 if tc.dtype == "float64" else jnp.float32
-    bs, spe = steps_per_epoch(config, ds.x_train.shape[0])
-    opt, lr_at = build_optimizer(config, spe)
-    model = build_model(config.model)
-    loss, regs = loss_and_regs(config)
-    state = init_state(config, model, ds, opt, dtype)
-    width = check_fit(config, model, state.params, ds)
-    to_dev = lambda a: jnp.asarray(a, dtype) if a.dtype.kind == "f" else jnp.asarray(a)  # noqa: E731
-    y_train = train.make_targets(loss.name, jnp.asarray(ds.y_train), width, ds.num_classes)
-    x_train, y_train = to_dev(ds.x_train), to_dev(np.asarray(y_train))
-    place = distributed.make_placement(config.distributed.enabled, config.distributed.mesh, bs,
-                                       config.source, configured_batch_size=tc.batch_size)
-    state = place.put_state(state)
-    x_train, y_train = place.put_examples(x_train), place.put_examples(y_train)
-    if not resume and lead:
-        (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
-        (run_dir / "metrics.jsonl").write_text("")
-
+    tc = setup.config.training
+    place, state, x_train, y_train = _placed(setup, initial_state(setup))
     store = CheckpointStore(run_dir / "checkpoints", keep_last=tc.keep_checkpoints)
     if resume:
-        if store.latest_step() is None:
-            raise UserError(f"{run_dir}: no checkpoint to resume from")
-        state = store.restore(state)
-    start_step = int(state.step)
-    start_epoch, offset = divmod(start_step, spe)
-
-    gn_every = min(10, spe) if tc.grad_norm_every is None else tc.grad_norm_every
-    body = place.step(train.make_step_body(model.layers, loss, regs, opt, engine=tc.engine,
-                                           grad_norm_every=gn_every), state)
-    dispatch = train.choose_dispatch(model.layers, tc.dispatch, tc.engine)
-    run_epoch = (train.make_epoch_fn(body, bs, layers=model.layers) if dispatch == "scan"
-                 else None)
-    run_step = (train.make_permuted_step(body, layers=model.layers) if dispatch == "loop"
-                else None)
-    permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
-    evaluate = train.make_eval_fn(model.layers, loss, ds.num_classes)
-    crosscheck = (train.make_engine_crosscheck(model.layers, loss, regs)
-                  if tc.crosscheck_every else None)
-    names = train.layer_names(model.layers)
-    metric_key = "val_accuracy" if ds.num_classes else "val_loss"
-    t0 = time.perf_counter()
-    last_good: int | None = store.latest_step()
-    last_record: dict[str, Any] = {}
-
-    def record(epoch: int, losses: list, gnorms: list, extra: dict) -> dict[str, Any]:
-        step = int(state.step)
-        rec = {"step": step, "epoch": epoch, "learning_rate": lr_at(max(step - 1, 0)),
-               "train_loss_running": float(np.mean([np.mean(v) for v in losses])),
-               **_evaluate(evaluate, state.params, x_train[: 4096], ds.y_train[: 4096], "train"),
-               **_evaluate(evaluate, state.params, to_dev(ds.x_val), ds.y_val, "val"),
-               "time": time.perf_counter() - t0,
-               **_mean_grad_norms(names, gnorms),
-               **extra}
-        rec.pop("train_per_class_accuracy", None)
-        if lead:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        return rec
-
-    bar = tqdm(total=tc.epochs, initial=start_epoch, disable=quiet or not lead, file=out,
-               unit="epoch", desc=config.name, dynamic_ncols=True)
-    interrupted = False
-    with _StopFlag() as stop:
-        losses: list = []
-        gnorms: list = []
-        extra: dict[str, Any] = {}
+        state = _restore(store, state, run_dir)
+    train_epoch, evaluate, crosscheck, dispatch = _compiled(setup, place, state)
+    start_epoch = int(state.step) // setup.steps_per_epoch
+    bar = tqdm(total=tc.epochs, initial=start_epoch, file=out, unit="epoch",
+               disable=quiet or not distributed.is_lead(), desc=setup.config.name,
+               dynamic_ncols=True)
+    recorder = RunRecorder(run_dir, setup, store, evaluate, x_train, bar=bar)
+    single = jax.process_count() == 1
+    with _StopFlag() as stop, contextlib.closing(bar):
         for epoch in range(start_epoch, tc.epochs):
-            if dispatch == "scan":
-                state, m = run_epoch(state, x_train, y_train, jnp.asarray(epoch))
-                losses.append(m["loss"])
-                gnorms.append(m.get("grad_norms"))
-            else:
-                idx = permutation(state.key, epoch, x_train.shape[0], bs)
-                for _ in range(offset if epoch == start_epoch else 0, spe):
-                    state, m = run_step(state, x_train, y_train, idx)  # row state.step % spe
-                    losses.append(m["loss"])  # no per-step eager ops: each is a dispatch
-                    gnorms.append(m.get("grad_norms"))
-                    if stop.requested and single:  # processes agree at the epoch's end
-                        break
-            last_loss = float(np.asarray(losses[-1]).ravel()[-1])
-            if not math.isfinite(last_loss):
-                bar.close()
-                where = (f"the last good checkpoint is {store.path_of(last_good)}"
-                         if last_good is not None else "no checkpoint was saved before it")
-                raise RunError(f"non-finite loss {last_loss} at step {int(state.step)} "
-                               f"(epoch {epoch + 1}); {where}")
-            if crosscheck is not None and (epoch + 1) * spe // tc.crosscheck_every > \
-                    epoch * spe // tc.crosscheck_every:
-                i0 = permutation(state.key, epoch, x_train.shape[0], bs)[0]
-                extra["engine_rel_diff"] = float(crosscheck(
-                    state.params, x_train[i0], y_train[i0], train.dropout_key(state)))
-            done = int(state.step) == (epoch + 1) * spe
-            final = epoch + 1 == tc.epochs
-            if done and ((epoch + 1) % tc.eval_every == 0 or final):
-                last_record = record(epoch + 1, losses, gnorms, extra)
-                losses, gnorms, extra = [], [], {}
-                metric = last_record.get(metric_key)
-                if metric is not None and metric_key == "val_loss":
-                    metric = -metric
-                if tc.checkpoint_every == 0 or (epoch + 1) % tc.checkpoint_every == 0 or final:
-                    store.save(int(state.step), state, metric=metric)
-                    last_good = int(state.step)
-                bar.set_postfix({k: f"{last_record[k]:.4g}" for k in
-                                 ("train_loss", "train_accuracy", "val_accuracy")
-                                 if k in last_record})
-            elif tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
-                store.save(int(state.step), state)
-                last_good = int(state.step)
-            bar.update(1)
+            # forward, backward and update: one shuffled epoch
+            state, metrics = train_epoch(state, x_train, y_train, epoch,
+                                         should_stop=(lambda: stop.requested) if single else None)
+            recorder.add_epoch(epoch, state, metrics)
+            # the engine cross-check on the epoch's first batch, when a multiple of its step
+            # interval falls in this epoch
+            if crosscheck is not None and _crosscheck_due(epoch, setup.steps_per_epoch,
+                                                          tc.crosscheck_every):
+                recorder.extra["engine_rel_diff"] = crosscheck(state, x_train, y_train, epoch)
+            # evaluate, record and checkpoint
+            recorder.end_epoch(epoch, state)
+            # termination: Ctrl-C (agreed by every process) or the test hook
             if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs:
                 stop.requested = True
-            if stop.agreed() and not final:
-                interrupted = True
-                break
-    bar.close()
-    if interrupted:
-        if int(state.step) not in store.all_steps():
-            store.save(int(state.step), state, force=True)
-        store.close()
-        print(f"interrupted at step {int(state.step)}; checkpoint saved. Resume with: "
-              f"nnfun resume {run_dir}", file=out)
-        raise KeyboardInterrupt
-    summary = finish(config, run_dir, state.params, model, evaluate, ds, to_dev, last_record,
-                     time.perf_counter() - t0, dispatch)
-    store.close()
-    if lead:
-        plot_run(run_dir)
-    return summary
+            if stop.agreed() and epoch + 1 < tc.epochs:
+                _interrupted(recorder, state, run_dir, out)
+    return finish(setup, run_dir, state.params, evaluate, recorder, dispatch)
 
 
-def finish(config: Config, run_dir: Path, params: Any, model: Any, evaluate: Callable,
-           ds: data_lib.Dataset, to_dev: Callable, last: dict[str, Any], seconds: float,
-           dispatch: str) -> dict[str, Any]:
-    """Evaluates on the test split and writes ``summary.json``."""
-    test = _evaluate(evaluate, params, to_dev(ds.x_test), ds.y_test, "test")
+def _placed(setup: RunSetup, state: train.TrainState) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """The placement, and the state and training data put on the run's devices."""
+    tc, ds = setup.config.training, setup.data
+    place = distributed.make_placement(setup.config.distributed.enabled,
+                                       setup.config.distributed.mesh, setup.batch_size,
+                                       setup.config.source, configured_batch_size=tc.batch_size)
+    x_train = _to_device(ds.x_train, setup.dtype)
+    y_train = _to_device(_targets(setup, ds.y_train), setup.dtype)
+    return (place, place.put_state(state), place.put_examples(x_train),
+            place.put_examples(y_train))
+
+
+def _restore(store: CheckpointStore, template: train.TrainState,
+             run_dir: Path) -> train.TrainState:
+    if store.latest_step() is None:
+        raise UserError(f"{run_dir}: no checkpoint to resume from")
+    return store.restore(template)
+
+
+def _compiled(setup: RunSetup, place: Any, state: train.TrainState) -> tuple:
+    """The run's compiled functions: ``(train_epoch, evaluate, crosscheck or None,
+    dispatch)``. ``training.fast_paths`` switches in `nnfun.fast`'s variants and compiler
+    options; the engine cross-check always compares the canonical paths."""
+    tc, layers = setup.config.training, setup.model.layers
+    options = fast.compiler_options(layers) if tc.fast_paths else None
+    grad_norm_every = (min(10, setup.steps_per_epoch) if tc.grad_norm_every is None
+                       else tc.grad_norm_every)
+    body = place.step(train.make_step_body(layers, setup.loss, setup.regularizers,
+                                           setup.optimizer, engine=tc.engine,
+                                           grad_norm_every=grad_norm_every,
+                                           fast_paths=tc.fast_paths), state)
+    dispatch = fast.choose_dispatch(layers, tc.dispatch, tc.engine)
+    train_epoch = train.make_train_epoch(body, setup.batch_size, dispatch=dispatch,
+                                         compiler_options=options)
+    evaluate = train.make_eval_fn(layers, setup.loss, setup.data.num_classes,
+                                  compiler_options=options)
+    crosscheck = None
+    if tc.crosscheck_every:
+        check = train.make_engine_crosscheck(layers, setup.loss, setup.regularizers)
+
+        def crosscheck(state: train.TrainState, x: jax.Array, y: jax.Array, epoch: int) -> float:
+            i0 = train.epoch_permutation(state.key, epoch, x.shape[0], setup.batch_size)[0]
+            return float(check(state.params, x[i0], y[i0], train.dropout_key(state)))
+
+    return train_epoch, evaluate, crosscheck, dispatch
+
+
+def _crosscheck_due(epoch: int, steps_per_epoch: int, every: int) -> bool:
+    """Whether a multiple of `every` steps lies in epoch `epoch`'s steps."""
+    return (epoch + 1) * steps_per_epoch // every > epoch * steps_per_epoch // every
+
+
+def _interrupted(recorder: RunRecorder, state: train.TrainState, run_dir: Path,
+                 out: Any) -> None:
+    """Saves a checkpoint of the interrupted run, prints how to resume, and stops."""
+    recorder.save(state, force=True)
+    recorder.store.close()
+    print(f"interrupted at step {int(state.step)}; checkpoint saved. Resume with: "
+          f"nnfun resume {run_dir}", file=out)
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- 4. finishing
+
+
+def finish(setup: RunSetup, run_dir: Path, params: Any, evaluate: Callable,
+           recorder: RunRecorder, dispatch: str) -> dict[str, Any]:
+    """Evaluates on the test split, writes ``summary.json`` and draws the plots."""
+    from nnfun.plots import plot_run
+
+    config, ds, last = setup.config, setup.data, recorder.last
+    recorder.store.close()
+    test = _evaluate(evaluate, params, _to_device(ds.x_test, setup.dtype), ds.y_test, "test")
     target = config.training.target_accuracy
     summary = {
         "config": config.name, "run_dir": str(run_dir), "steps": last.get("step"),
-        "epochs": last.get("epoch"), "seconds": round(seconds, 3), "dispatch": dispatch,
-        "engine": config.training.engine,
+        "epochs": last.get("epoch"), "seconds": round(time.perf_counter() - recorder.started, 3),
+        "dispatch": dispatch, "engine": config.training.engine,
         "num_params": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(params))),
         **{k: v for k, v in last.items() if k.startswith(("train_", "val_"))
            and k != "train_loss_running"},
@@ -392,7 +522,11 @@ def finish(config: Config, run_dir: Path, params: Any, model: Any, evaluate: Cal
         summary["reached_target"] = summary["test_accuracy"] >= target
     if distributed.is_lead():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_run(run_dir)
     return summary
+
+
+# --------------------------------------------------------------------------- other entry points
 
 
 def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
@@ -424,24 +558,48 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
     """Evaluates a run's best (or latest) checkpoint on its validation and test splits."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    with precision(config.training.dtype):
-        prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz")
-        ds, _ = load_data(config, None, prep)
-        dtype = jnp.float64 if config.training.dtype == "float64" else jnp.float32
-        bs, spe = steps_per_epoch(config, ds.x_train.shape[0])
-        opt, _ = build_optimizer(config, spe)
-        model = build_model(config.model)
-        loss, _ = loss_and_regs(config)
-        template = init_state(config, model, ds, opt, dtype)
+    with _precision(config.training.dtype):
+        setup = prepare(config, prep_state=preprocessing.load_preprocessor(
+            run_dir / "preprocessing.npz"))
         with CheckpointStore(run_dir / "checkpoints") as store:
-            step = store.best_step() if which == "best" else None
             if store.latest_step() is None:
                 raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate")
-            state = store.restore(template, step=step)
-        evaluate = train.make_eval_fn(model.layers, loss, ds.num_classes)
-        cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+            step = store.best_step() if which == "best" else None
+            state = store.restore(initial_state(setup), step=step)
+        evaluate = train.make_eval_fn(setup.model.layers, setup.loss, setup.data.num_classes)
+        ds = setup.data
         res = {"step": int(state.step),
-               **_evaluate(evaluate, state.params, cast(ds.x_val), ds.y_val, "val"),
-               **_evaluate(evaluate, state.params, cast(ds.x_test), ds.y_test, "test")}
+               **_evaluate(evaluate, state.params, _to_device(ds.x_val, setup.dtype), ds.y_val,
+                           "val"),
+               **_evaluate(evaluate, state.params, _to_device(ds.x_test, setup.dtype),
+                           ds.y_test, "test")}
     (run_dir / "eval.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def gradcheck_config(path: str, overrides: Sequence[str] = (), *, batch: int = 8,
+                     tol: float = 1e-6, max_coords: int = 512) -> gradcheck.GradcheckReport:
+    """Runs `nnfun.gradcheck.check_gradients` on a config's model, loss, regularisers and
+    `batch` training examples drawn at random with the config's seed (preprocessed as the
+    config says), with the parameters `initial_state` starts from.
+
+    Finite differences are only meaningful where the objective is smooth: a ReLU, max or hinge
+    sitting exactly on its kink (within h) shows up as a finite-difference failure of that
+    leaf while manual and autodiff still agree.
+    """
+    config = load_config(path, overrides)
+    with jax.enable_x64(True):
+        setup = prepare(config)._replace(dtype=jnp.float64)
+        ds, seed = setup.data, config.training.seed
+        params = train.init_params(seed, setup.model.layers, ds.input_shape, jnp.float64)
+        # a seeded random batch: the first examples of a set can sit on a kink (the centre of
+        # a spiral is x = 0, where a ReLU with zero bias is not differentiable)
+        idx = np.random.default_rng(seed).choice(ds.x_train.shape[0],
+                                                 min(batch, ds.x_train.shape[0]), replace=False)
+        x = jnp.asarray(ds.x_train[idx], jnp.float64)
+        y = _targets(setup, ds.y_train[idx])
+        key = train.dropout_key(train.TrainState(params, (), jnp.zeros((), jnp.int32),
+                                                 jax.random.PRNGKey(seed)))
+        return gradcheck.check_gradients(setup.model.layers, setup.loss, params, x, y,
+                                         regularizers=setup.regularizers, key=key, tol_fd=tol,
+                                         max_coords=max_coords, seed=seed)

@@ -4,21 +4,21 @@ Both gradient paths read these: the autodiff path (`nnfun.models`, `nnfun.object
 hand-written reference (`nnfun.manual`). This module imports neither, so the two paths stay
 independent while agreeing on what a model *is*.
 
-A model is a tuple of `LayerSpec`s. `LayerSpec.init` holds the keyword arguments only the
-parameter initialiser needs (sizes, initialiser names); `LayerSpec.apply` holds the keyword
-arguments of the forward computation (stride, padding, drop rate, ...), which both
+A model is a tuple of `LayerSpec`s. `LayerSpec.init_kwargs` holds the keyword arguments only
+the parameter initialiser needs (sizes, initialiser names); `LayerSpec.apply_kwargs` holds the
+keyword arguments of the forward computation (stride, padding, drop rate, ...), which both
 `nnfun.layers.<name>_apply` and `nnfun.manual.layers.<name>_forward` accept.
 
-Layers that draw random numbers (dropout) take `key` and `train` as well; the model gives layer
-``i`` the key ``jax.random.fold_in(key, i)``, in both paths, so that masks agree.
+Layers that draw random numbers (``stochastic``, as dropout) take `key` and `train` as well; the
+model gives layer ``i`` the key ``jax.random.fold_in(key, i)``, in both paths, so that masks
+agree. `nnfun.models.layer` fills the spec in from the layer table.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-#: Names of layers that take ``key`` and ``train`` keyword arguments.
-STOCHASTIC_LAYERS = frozenset({"dropout"})
+__all__ = ["LayerSpec", "LossSpec", "RegSpec", "is_weight_path"]
 
 
 def _freeze(kwargs: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -40,30 +40,32 @@ class LayerSpec(NamedTuple):
     """One layer of a sequential model.
 
     Attributes:
-      name: registered layer name, e.g. ``"dense"``, ``"conv2d"``, ``"relu"``.
-      init: frozen keyword arguments of the initialiser (sorted ``(key, value)`` pairs).
-      apply: frozen keyword arguments of the forward computation.
+      name: layer name, e.g. ``"dense"``, ``"conv2d"``, ``"relu"``.
+      init_args: frozen keyword arguments of the initialiser (sorted ``(key, value)`` pairs).
+      apply_args: frozen keyword arguments of the forward computation.
+      stochastic: the layer draws random numbers and takes ``key`` and ``train``.
     """
 
     name: str
-    init: tuple[tuple[str, Any], ...] = ()
-    apply: tuple[tuple[str, Any], ...] = ()
+    init_args: tuple[tuple[str, Any], ...] = ()
+    apply_args: tuple[tuple[str, Any], ...] = ()
+    stochastic: bool = False
 
     @classmethod
-    def make(cls, name: str, init: dict | None = None, apply: dict | None = None) -> LayerSpec:
-        return cls(name, _freeze(init), _freeze(apply))
+    def make(cls, name: str, init: dict | None = None, apply: dict | None = None, *,
+             stochastic: bool = False) -> LayerSpec:
+        """A spec from plain dicts of initialiser and apply keyword arguments."""
+        return cls(name, _freeze(init), _freeze(apply), stochastic)
 
     @property
     def init_kwargs(self) -> dict[str, Any]:
-        return _thaw(self.init)
+        """The initialiser's keyword arguments as a dict."""
+        return _thaw(self.init_args)
 
     @property
     def apply_kwargs(self) -> dict[str, Any]:
-        return _thaw(self.apply)
-
-    @property
-    def stochastic(self) -> bool:
-        return self.name in STOCHASTIC_LAYERS
+        """The forward computation's keyword arguments as a dict."""
+        return _thaw(self.apply_args)
 
 
 class LossSpec(NamedTuple):
@@ -89,10 +91,11 @@ class RegSpec(NamedTuple):
 
 
 def is_weight_path(path: tuple[Any, ...]) -> bool:
-    """True when a parameter leaf is a weight (dict key ``"w"``) rather than a bias.
+    """True when a parameter leaf is a weight (a dict key ``"w"`` or ``"w_<name>"``, as a
+    recurrent layer's ``"w_x"`` and ``"w_h"``) rather than a bias.
 
     Regularisers penalise weights only by default, as the lecture notes do.
     """
     last = path[-1] if path else None
     key = getattr(last, "key", last)
-    return key == "w"
+    return isinstance(key, str) and (key == "w" or key.startswith("w_"))

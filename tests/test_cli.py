@@ -52,10 +52,10 @@ def test_plot_info_and_help(tmp_path, capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "backend cpu" in out and "devices" in out
-    assert ("compiler options for models without convolutions: "
-            "xla_cpu_copy_insertion_use_region_analysis=True\n") in out
-    assert "compiler options for conv models: xla_cpu_copy_insertion_use_region_analysis=True, " \
-        "xla_cpu_experimental_ynn_fusion_type=" in out
+    assert main(["info", str(ROOT / "configs" / "digits_cnn.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "0.conv2d      (N, 8, 8, 32)     320\n" in out
+    assert "total parameters: 53,002" in out
     for cmd in ("train", "resume", "eval", "plot", "gradcheck", "info"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from nnfun import distributed, run, train
+from nnfun import distributed, run
 from nnfun.checkpoint import CheckpointStore
-from nnfun.config import DistributedConfig, build_model, load_config
+from nnfun.config import DistributedConfig, load_config
 
 # f32: examples (252) split over 4 devices, a replicated state, scanned epochs, SGD.
 F32 = """
@@ -128,13 +128,8 @@ def _cli(*args: str) -> list[str]:
 def _final_state(config_path: Path, run_dir: Path, overrides: tuple[str, ...] = ()) -> Any:
     """The run's latest checkpoint as NumPy arrays, whatever devices wrote it."""
     config = load_config(config_path, overrides)
-    with run.precision(config.training.dtype):
-        ds, _ = run.load_data(config)
-        _, spe = run.steps_per_epoch(config, ds.x_train.shape[0])
-        opt, _ = run.build_optimizer(config, spe)
-        dtype = np.float64 if config.training.dtype == "float64" else np.float32
-        template = train.init_train_state(config.training.seed, build_model(config.model).layers,
-                                          ds.input_shape, opt, dtype)
+    with jax.enable_x64(config.training.dtype == "float64"):
+        template = run.initial_state(run.prepare(config))
         with CheckpointStore(run_dir / "checkpoints") as store:
             return store.restore(jax.tree.map(np.asarray, template))
 

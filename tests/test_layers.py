@@ -54,7 +54,7 @@ def test_bad_names_raise_naming_the_argument():
 def test_shapes_that_do_not_fit_name_the_input():
     with pytest.raises(ValueError, match=r"dense: input x has 3 features.*D=4"):
         layers.dense_apply({"w": jnp.ones((4, 2))}, jnp.ones((5, 3)))
-    with pytest.raises(ValueError, match=r"conv2d: input x must have shape \(N, H, W, C\)"):
+    with pytest.raises(ValueError, match=r"conv2d: x must have shape \(N, H, W, C\)"):
         layers.conv2d_apply({"w": jnp.ones((3, 3, 1, 2))}, jnp.ones((5, 3)))
     with pytest.raises(ValueError, match=r"conv2d: input x has 2 channels"):
         layers.conv2d_apply({"w": jnp.ones((3, 3, 1, 2))}, jnp.ones((1, 4, 4, 2)))
@@ -70,14 +70,35 @@ def test_builders_and_param_count():
     assert [s.name for s in model.layers] == ["dense", "sigmoid", "dropout", "dense"]
     params = model.init(jax.random.key(0), (2,))
     assert models.param_count(params) == 2 * 100 + 100 + 100 * 3 + 3
-    assert dict(model.layers[0].init)["w_init"] == "xavier_normal"
+    assert model.layers[0].init_kwargs["w_init"] == "xavier_normal"
     lenet = models.cnn([32, 64], [1024], 10, kernel_size=5)
-    p = lenet.init(jax.random.key(0), (28, 28, 1))
+    p = jax.eval_shape(lambda k: lenet.init(k, (28, 28, 1)), jax.random.key(0))
     conv = (5 * 5 * 1 * 32 + 32) + (5 * 5 * 32 * 64 + 64)
     assert models.param_count(p) == conv + (7 * 7 * 64 * 1024 + 1024) + (1024 * 10 + 10)
     assert lenet.output_shape(p, (28, 28, 1)) == (10,)
+    rows = models.summary(lenet.layers, (28, 28, 1))
+    assert rows[0] == ("conv2d", (28, 28, 32), 5 * 5 * 32 + 32)
+    assert rows[3] == ("conv2d", (14, 14, 64), 5 * 5 * 32 * 64 + 64)
+    assert sum(r[2] for r in rows) == models.param_count(p)
     seq = models.cnn([8], [], 10, rank=1, pool="avg")
     assert seq.output_shape(seq.init(jax.random.key(0), (40, 1)), (40, 1)) == (10,)
+
+
+def test_float64_models_and_bias_initialisers():
+    with jax.enable_x64(True):
+        model = models.cnn([4], [8], 3, b_init={"name": "constant", "value": 0.5})
+        params = model.init(jax.random.key(0), (6, 6, 1), jnp.float64)
+        assert model.output_shape(params, (6, 6, 1)) == (3,)
+        assert all(float(p["b"][0]) == 0.5 for p in params if "b" in p)
+        mlp = models.mlp([4], 2, b_init={"name": "constant", "value": -1.0})
+        assert float(mlp.init(jax.random.key(0), (3,))[0]["b"][0]) == -1.0
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_non_positive_sizes_name_the_layer(bad):
+    with pytest.raises(ValueError, match=rf"layers\[0\] \(dense\).*features must be a positive "
+                                         rf"int, got {bad}"):
+        models.mlp([bad], 2).init(jax.random.key(0), (3,))
 
 
 def test_dropout_is_identity_at_evaluation_and_inverted_in_training():
@@ -119,26 +140,3 @@ def test_losses_reductions_and_conventions():
     big = jnp.array([[1000.0, -1000.0]])
     assert np.isfinite(float(losses.softmax_cross_entropy(big, jnp.array([1]))))
     assert np.isfinite(float(losses.binary_cross_entropy_with_logits(big, jnp.ones((1, 2)))))
-
-
-def test_split_keys_gives_the_split_keys_without_compiling_an_unstack(caplog):
-    raw, typed = jax.random.PRNGKey(5), jax.random.key(5)
-    for key in (raw, typed):
-        want = [jax.random.key_data(k) for k in jax.random.split(key, 3)]
-        got = [jax.random.key_data(k) for k in initializers.split_keys(key, 3)]
-        assert [np.asarray(k).tolist() for k in got] == [np.asarray(k).tolist() for k in want]
-    traced = jax.jit(lambda k: jnp.stack(initializers.split_keys(k, 3)))(raw)
-    assert np.array_equal(traced, jax.random.split(raw, 3))
-
-    # An 11-layer model: init_model splits its key 11 ways. Unpacking the (11, 2) key array
-    # directly compiles an `unstack` (the control, last, so a cached one cannot hide it).
-    spec = [{"name": "dense", "features": 3}, "tanh"] * 5 + [{"name": "dense", "features": 2}]
-    with caplog.at_level("WARNING"), jax.log_compiles():
-        params = models.init_model(raw, models.sequential(spec).layers, (4,))
-        during_init = [r.getMessage() for r in caplog.records]
-        caplog.clear()
-        tuple(jax.random.split(raw, 11))
-        control = [r.getMessage() for r in caplog.records]
-    assert len(params) == 11
-    assert not [m for m in during_init if "unstack" in m]
-    assert [m for m in control if "unstack" in m]

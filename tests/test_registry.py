@@ -1,6 +1,7 @@
 """Every registered primitive, three ways: forward values equal, manual backward equals
 `jax.vjp` of the autodiff path with a random cotangent, and both equal central finite
-differences, in float64, jitted and un-jitted. Registering a primitive adds it here."""
+differences, in float64. Every example runs jitted; each primitive's first example also runs
+un-jitted (op by op). Registering a primitive adds it here."""
 
 from __future__ import annotations
 
@@ -9,18 +10,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nnfun import layers as L
 from nnfun import registry
 from nnfun.gradcheck import relative_error
-from nnfun.layers import init_layer_from_shape
-from nnfun.models import layer, layer_names
+from nnfun.manual import layers as ML
+from nnfun.models import available_layers, layer
 
 TOL_MANUAL, TOL_FD = 1e-10, 1e-6
+
+
+def _identity(f, **kw):
+    return f
 
 
 def _cases():
     for name, entry in sorted(registry.LAYERS.items()):
         for i, example in enumerate(entry.examples):
-            yield pytest.param(entry, example, id=f"{name}-{i}")
+            yield pytest.param(entry, example, jax.jit, id=f"jit-{name}-{i}")
+        yield pytest.param(entry, entry.examples[0], _identity, id=f"eager-{name}-0")
 
 
 def _fd_check(f, x, cot_dot_grad, key, n_dirs=4, h=1e-6):
@@ -32,21 +39,28 @@ def _fd_check(f, x, cot_dot_grad, key, n_dirs=4, h=1e-6):
         assert abs(float(numeric) - float(analytic)) <= TOL_FD * max(1.0, abs(float(analytic)))
 
 
-def test_every_layer_is_registered_with_examples():
-    assert sorted(registry.LAYERS) == layer_names()
-    for entry in registry.LAYERS.values():
-        assert entry.examples, entry.name
+def test_every_layer_is_registered():
+    assert sorted(registry.LAYERS) == available_layers()
 
 
-@pytest.mark.parametrize("entry,example", list(_cases()))
+def test_a_layer_without_examples_or_rule_is_refused():
+    table = {"dense": L.LAYERS["dense"]._replace(examples=())}
+    with pytest.raises(ValueError, match="'dense' has no examples"):
+        registry.build_layer_entries(table, ML.RULES)
+    with pytest.raises(ValueError, match="'dense' has no hand-written rule"):
+        registry.build_layer_entries(L.LAYERS, {k: v for k, v in ML.RULES.items()
+                                                if k != "dense"})
+
+
+@pytest.mark.parametrize("entry,example,maybe_jit", list(_cases()))
 def test_layer_three_ways(entry, example, maybe_jit):
     shape, kwargs = example
     with jax.enable_x64(True):
         spec = layer(entry.name, **kwargs)
         key = jax.random.PRNGKey(7)
-        params = init_layer_from_shape(entry.name, jax.random.fold_in(key, 1), shape[1:],
-                                       dtype=jnp.float64, **spec.init_kwargs) \
-            if spec.init else {}
+        params = L.init_layer(L.LAYERS[entry.name], jax.random.fold_in(key, 1), shape[1:],
+                              dtype=jnp.float64, init_kwargs=spec.init_kwargs,
+                              apply_kwargs=spec.apply_kwargs)[1]
         params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(key, p.shape, p.dtype), params)
         x = jax.random.normal(jax.random.fold_in(key, 2), shape, jnp.float64)
         akw = spec.apply_kwargs
@@ -81,13 +95,12 @@ def test_layer_three_ways(entry, example, maybe_jit):
 def _targets(kind: str, key, n: int, k: int):
     if kind == "labels":
         return jax.random.randint(key, (n,), 0, k)
-    if kind == "binary":
-        return jax.random.bernoulli(key, 0.5, (n, k)).astype(jnp.float64)
+    if kind == "one_hot":
+        return jax.random.uniform(key, (n, k), jnp.float64)
     if kind == "pm1":
         return 2.0 * jax.random.bernoulli(key, 0.5, (n, k)).astype(jnp.float64) - 1.0
-    if kind == "probs":
-        return jax.nn.softmax(jax.random.normal(key, (n, k), jnp.float64))
-    return jax.random.normal(key, (n, k), jnp.float64)
+    assert kind == "probs", kind
+    return jax.nn.softmax(jax.random.normal(key, (n, k), jnp.float64))
 
 
 @pytest.mark.parametrize("name", sorted(registry.LOSSES))
@@ -95,7 +108,7 @@ def test_loss_three_ways(name, maybe_jit):
     entry = registry.LOSSES[name]
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(3)
-        for kw in entry.kwargs:
+        for kw in entry.examples:
             pred = jax.random.normal(key, (5, 4), jnp.float64)
             if entry.preds == "probs":
                 pred = jax.nn.sigmoid(pred)
@@ -120,7 +133,7 @@ def test_regularizer_three_ways(name, maybe_jit):
                    "b": jax.random.normal(jax.random.fold_in(key, 1), (4,), jnp.float64)}, {},
                   {"w": jax.random.normal(jax.random.fold_in(key, 2), (2, 2, 1, 3), jnp.float64)},
                   {"w": jnp.zeros((2, 2), jnp.float64)}]  # a kink of L1 at exactly 0
-        for kw in entry.kwargs:
+        for kw in entry.examples:
             value = maybe_jit(lambda p, kw=kw: entry.fn(p, **kw))(params)
             value_m, cache = maybe_jit(lambda p, kw=kw: entry.forward(p, **kw))(params)
             assert relative_error(value, value_m)[1] <= TOL_MANUAL

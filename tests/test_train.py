@@ -15,7 +15,7 @@ from nnfun.checkpoint import CheckpointStore
 from nnfun.config import build_model, load_config
 from nnfun.models import mlp
 from nnfun.optim import make_optimizer, make_schedule
-from nnfun.run import RunError, build_schedule, resume_run, train_run
+from nnfun.run import RunError, _schedule, resume_run, train_run
 from nnfun.spec import LossSpec, RegSpec
 
 SMALL = """
@@ -135,37 +135,41 @@ def test_train_step_traced_once():
     for e in range(4):
         state, _ = epoch(state, x, y, jnp.asarray(e))
     assert len(traces) == 1
-    step = train.make_indexed_step(counted)
-    for i in range(4):
-        state, _ = step(state, x, y, jnp.arange(8) + i)
+    loop_epoch = train.make_train_epoch(counted, 8, dispatch="loop")
+    for e in range(4, 8):
+        state, _ = loop_epoch(state, x, y, e)
     assert len(traces) == 2
 
 
-def test_permuted_step_takes_the_row_of_its_step():
-    model = mlp([8], 3, dropout=0.25)
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_scan_and_loop_epochs_give_the_same_states(dropout):
+    """Both dispatches draw the same permutation and dropout keys, bit for bit, and the loop
+    resumes a partial epoch from state.step."""
+    model = mlp([8], 3, dropout=dropout)
     loss = LossSpec.make("softmax_cross_entropy")
     opt = make_optimizer("adam", 0.01)
     body = train.make_step_body(model.layers, loss, (), opt)
     x = jax.random.normal(jax.random.PRNGKey(0), (40, 4))
     y = jax.random.randint(jax.random.PRNGKey(1), (40,), 0, 3)
-    permuted, indexed = train.make_permuted_step(body), train.make_indexed_step(body)
+    scan, loop = (train.make_train_epoch(body, 8, dispatch=d) for d in ("scan", "loop"))
     a, b = (train.init_train_state(0, model.layers, (4,), opt) for _ in range(2))  # donated
-    losses = []
-    for epoch in range(2):  # 5 steps of 8 per epoch; the second starts at state.step = 5
-        perm = train.epoch_permutation(a.key, epoch, 40, 8)
-        for i in range(5):
-            a, ma = permuted(a, x, y, perm)
-            b, mb = indexed(b, x, y, perm[i])
-            losses.append(float(ma["loss"]))
-            np.testing.assert_array_equal(ma["loss"], mb["loss"])
+    for epoch in range(2):  # 5 steps of 8 per epoch
+        a, ma = scan(a, x, y, epoch)
+        b, mb = loop(b, x, y, epoch)
+        np.testing.assert_array_equal(ma["loss"], mb["loss"])
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(u, v)
-    assert int(a.step) == 10 and len(set(losses)) == 10
-    # Resuming mid-epoch: a state at step 13 of 5-step epochs takes row 3 of its permutation.
-    perm = train.epoch_permutation(a.key, 2, 40, 8)
-    _, m_row = indexed(jax.tree.map(jnp.copy, b._replace(step=jnp.asarray(13))), x, y, perm[3])
-    _, m_perm = permuted(a._replace(step=jnp.asarray(13, jnp.int32)), x, y, perm)
-    np.testing.assert_array_equal(m_perm["loss"], m_row["loss"])
+    assert int(a.step) == 10 and len(set(np.asarray(ma["loss"]).tolist())) == 5
+    # a stop request ends the loop after the current step; the next call finishes the epoch
+    c = train.init_train_state(0, model.layers, (4,), opt)
+    stops = iter([False, False, True])
+    c, mc = loop(c, x, y, 0, should_stop=lambda: next(stops))
+    assert int(c.step) == 3 and mc["loss"].shape == (3,)
+    c, mc2 = scan(c, x, y, 0)
+    assert int(c.step) == 5
+    np.testing.assert_array_equal(np.concatenate([mc["loss"], mc2["loss"]]),
+                                  scan(train.init_train_state(0, model.layers, (4,), opt),
+                                       x, y, 0)[1]["loss"])
 
 
 def test_state_is_donated():
@@ -199,7 +203,7 @@ def test_schedule_from_config_equals_closed_form(tmp_path, section, steps):
     path = tmp_path / "s.toml"
     path.write_text(text)
     cfg = load_config(path)
-    schedule = build_schedule(cfg, 1)  # one step per epoch: epoch units equal step units
+    schedule = _schedule(cfg, 1)  # one step per epoch: epoch units equal step units
     a0, name = 0.1, section["name"]
     for t in range(steps):
         if name == "piecewise_constant_schedule":
@@ -227,7 +231,7 @@ def test_epoch_unit_scales_boundaries(tmp_path):
         '\n[schedule]\nname = "piecewise_constant_schedule"\ninit_value = 1.0\n'
         'boundaries_and_scales = { 2 = 0.5 }\nunit = "epoch"\n')
     (tmp_path / "e.toml").write_text(text)
-    schedule = build_schedule(load_config(tmp_path / "e.toml"), 10)
+    schedule = _schedule(load_config(tmp_path / "e.toml"), 10)
     assert float(schedule(19)) == 1.0 and float(schedule(20)) == 0.5
 
 
@@ -238,15 +242,6 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
     msg = str(e.value)
     assert "non-finite loss" in msg and "at step" in msg
     assert "checkpoint" in msg
-
-
-def test_choose_dispatch():
-    assert train.choose_dispatch(mlp([4], 2).layers) == "scan"
-    from nnfun.models import cnn
-    assert train.choose_dispatch(cnn([4], [], 2).layers) == "loop"
-    assert train.choose_dispatch(cnn([4], [], 2).layers, "scan") == "scan"
-    with pytest.raises(ValueError, match="dispatch"):
-        train.choose_dispatch(mlp([4], 2).layers, "fast")
 
 
 def test_schedule_builder_rejects_unknown_names():
@@ -314,3 +309,32 @@ def test_run_records_sampled_grad_norms(tmp_path):
     for r in _metrics(tmp_path / "run"):
         assert set(r["grad_norms"]) == {"0.dense", "3.dense"}
         assert all(np.isfinite(v) and v > 0 for v in r["grad_norms"].values())
+
+
+def test_step_epoch_and_eval_nest_in_a_users_jit_and_scan():
+    """nnfun's compiled functions carry no compiler options, so they can be called inside a
+    user's own `jax.jit` and `lax.scan`, with the same numbers as calling them directly."""
+    model = mlp([8], 3)
+    loss = LossSpec.make("softmax_cross_entropy")
+    opt = make_optimizer("sgd", 0.1)
+    x = jax.random.normal(jax.random.PRNGKey(0), (32, 4))
+    y = jax.random.randint(jax.random.PRNGKey(1), (32,), 0, 3)
+    fresh = lambda: train.init_train_state(0, model.layers, (4,), opt)  # noqa: E731
+
+    step = train.make_train_step(model.layers, loss, (), opt, donate=False)
+    direct = step(fresh(), (x, y))[1]["loss"]
+    nested = jax.jit(lambda s: step(s, (x, y)))(fresh())[1]["loss"]
+    scanned = jax.lax.scan(lambda s, _: step(s, (x, y)), fresh(), None, length=2)[1]["loss"]
+    np.testing.assert_array_equal(direct, nested)
+    np.testing.assert_array_equal(direct, scanned[0])
+
+    epoch = train.make_epoch_fn(train.make_step_body(model.layers, loss, (), opt), 8)
+    want = epoch(fresh(), x, y, jnp.asarray(0))[1]["loss"]
+    got = jax.jit(lambda s: epoch(s, x, y, jnp.asarray(0)))(fresh())[1]["loss"]
+    np.testing.assert_array_equal(want, got)
+
+    evaluate = train.make_eval_fn(model.layers, loss, 3)
+    params = fresh().params
+    direct_eval = evaluate(params, x, y)["accuracy"]
+    mapped = jax.lax.map(lambda xi: evaluate(params, xi, y)["accuracy"], jnp.stack([x, x]))
+    np.testing.assert_array_equal(mapped, jnp.stack([direct_eval, direct_eval]))

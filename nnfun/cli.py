@@ -20,9 +20,38 @@ __all__ = ["main", "COMMANDS", "EXIT_USER_ERROR"]
 EXIT_USER_ERROR = 2
 
 
+def _version() -> str:
+    from nnfun import __version__
+
+    return __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``nnfun train: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # rejects nan too
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, found {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnfun", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="nnfun", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"nnfun {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model from a TOML config",
                        description="Train from a config; writes runs/<config>/<timestamp>/.")
@@ -32,28 +61,37 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default: runs/<config name>/<timestamp>)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint",
+                       description="Continue an interrupted run from its newest readable "
+                       "checkpoint, to exactly the parameters of an uninterrupted run.")
     r.add_argument("run_dir")
     r.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="distributed.KEY=VALUE",
                    help="override the [distributed] section (e.g. this process's process_id)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("eval", help="evaluate a run's best checkpoint on val and test data")
+    e = sub.add_parser("eval", help="evaluate a run's best checkpoint on val and test data",
+                       description="Evaluate a run's best (or latest) checkpoint on its "
+                       "validation and test splits; writes eval.json.")
     e.add_argument("run_dir")
     e.add_argument("--which", choices=("best", "latest"), default="best")
 
-    pl = sub.add_parser("plot", help="(re)draw a run's PNG plots from metrics.jsonl")
+    pl = sub.add_parser("plot", help="(re)draw a run's PNG plots from metrics.jsonl",
+                        description="Redraw a run's PNG plots from its metrics.jsonl.")
     pl.add_argument("run_dir")
 
     g = sub.add_parser("gradcheck", help="compare autodiff, manual and finite-difference "
-                       "gradients on a config's model, loss and a batch of its data")
+                       "gradients on a config's model, loss and a batch of its data",
+                       description="Compare the gradients of jax.grad, the hand-written "
+                       "reference and finite differences on a config's model and a seeded "
+                       "batch of its data; exit 1 when a tolerance fails.")
     g.add_argument("config")
     g.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE")
-    g.add_argument("--batch", type=int, default=8, help="examples in the checked batch")
-    g.add_argument("--tol", type=float, default=1e-6, help="relative tolerance")
-    g.add_argument("--max-coords", type=int, default=512,
+    g.add_argument("--batch", type=_positive_int, default=8,
+                   help="examples in the checked batch")
+    g.add_argument("--tol", type=_tolerance, default=1e-6, help="relative tolerance")
+    g.add_argument("--max-coords", type=_positive_int, default=512,
                    help="finite differences on all coordinates up to this many per leaf, "
                         "a random sample beyond")
 
@@ -124,12 +162,17 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from nnfun.plots import plot_run
+    from nnfun.run import UserError
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{run_dir / 'metrics.jsonl'}: not found; is {run_dir} a run "
-                                f"folder made by 'nnfun train'?")
-    for path in plot_run(run_dir):
+        raise UserError(f"{run_dir / 'metrics.jsonl'}: not found; is {run_dir} a run "
+                        f"folder made by 'nnfun train'?")
+    try:
+        paths = plot_run(run_dir)
+    except ValueError as e:  # a malformed line, named with its number
+        raise UserError(str(e)) from None
+    for path in paths:
         print(path)
     return 0
 
@@ -199,11 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UserError, DataError, FileNotFoundError) as e:
-        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else \
-            f"{e.filename}: {e.strerror or e}"
-        print(f"nnfun: error: {msg}".splitlines()[0], file=sys.stderr)
+    except (ConfigError, UserError, DataError) as e:
+        print(f"nnfun: error: {e}".splitlines()[0], file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # the reader went away (`nnfun eval RUN | head`): nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except RunError as e:
         print(f"nnfun: run stopped: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import collections.abc
 import copy
 import functools
 import inspect
+import math
 import operator
 import tomllib
 import types
@@ -63,7 +64,7 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     epochs: int = pydantic.Field(10, ge=1)
     batch_size: int = pydantic.Field(32, ge=0, description="0 means the whole training set")
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0)
     engine: Literal["autodiff", "manual"] = "autodiff"
     dispatch: Literal["auto", "scan", "loop"] = "auto"
     fast_paths: bool = pydantic.Field(
@@ -222,6 +223,11 @@ def _check_edge_values(where: str, raw: Mapping[str, Any]) -> None:
     if "learning_rate" not in raw.get("optimizer", {}) and not raw.get("schedule"):
         raise ConfigError(f"{where}: optimizer.learning_rate: missing; give a number or a "
                           f"[schedule] section")
+    lr = raw.get("optimizer", {}).get("learning_rate")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not (
+            math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"{where}: optimizer.learning_rate: expected a finite number > 0, "
+                          f"found {lr!r}")
     if "learning_rate" in raw.get("optimizer", {}) and raw.get("schedule"):
         raise ConfigError(f"{where}: optimizer.learning_rate: given together with [schedule]; "
                           f"keep one of them")
@@ -302,13 +308,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     for text in overrides:
         keys, value = parse_override(text)
         node: Any = raw
-        for k in keys[:-1]:
+        for depth, k in enumerate(keys[:-1]):
             if isinstance(node, list):
                 if not k.isdigit() or int(k) >= len(node):
                     raise ConfigError(f"--set {text}: {k}: expected an index below {len(node)}")
                 node = node[int(k)]
             else:
                 node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {text}: {'.'.join(keys[:depth + 1])}: "
+                                  f"expected a section or an array, found "
+                                  f"{type(node).__name__} {node!r}")
         if isinstance(node, list):
             raise ConfigError(f"--set {text}: cannot replace a whole array entry")
         node[keys[-1]] = value

@@ -13,6 +13,7 @@ global registry, so nothing leaks. Non-finite values (a diverged loss) are drawn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -46,7 +47,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         run_dir: the run folder.
 
     Returns:
-        One dict per non-blank line, in file order.
+        One dict per non-blank line, in file order; a last line cut short (no newline, not
+        valid JSON) is left out.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -54,11 +56,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             the file and the line number.
     """
     path = Path(run_dir) / METRICS_FILE
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                records.append(_parse_record(line, path, lineno))
+    lines = path.read_text(encoding="utf-8").split("\n")
+    # a last line without its newline was cut by a kill during the write: not a record yet
+    unterminated = lines.pop()
+    records = [_parse_record(line, path, lineno)
+               for lineno, line in enumerate(lines, start=1) if line.strip()]
+    if unterminated.strip():
+        with contextlib.suppress(ValueError):
+            records.append(_parse_record(unterminated, path, len(lines) + 1))
     return records
 
 

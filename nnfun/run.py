@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -171,8 +173,7 @@ def _out_width(config: Config, model: Model, ds: data_lib.Dataset, dtype: Any) -
                                 jax.random.PRNGKey(0))
         out = model.output_shape(params, ds.input_shape)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{config.source}: model: does not fit data {ds.name!r} with input shape "
-                        f"{tuple(ds.input_shape)}: {e}") from None
+        raise UserError(f"{config.source}: model: {e} (data {ds.name!r})") from None
     width = out[-1] if out else 1
     if ds.num_classes and width not in (ds.num_classes, 1) or (
             ds.num_classes > 2 and width == 1):
@@ -223,17 +224,21 @@ def _to_device(a: Any, dtype: Any) -> jax.Array:
 
 
 class _StopFlag:
-    """Turns Ctrl-C into a flag checked between steps (donated buffers stay consistent)."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM (what SLURM's scancel and time limit send) into a flag
+    checked between steps, so the run stops at a step boundary with its buffers consistent and
+    saves a checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
         try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread
-            self._old = None
+            self._old = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -248,8 +253,8 @@ class _StopFlag:
         return self.requested
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _to_float(tree: Any) -> Any:
@@ -261,6 +266,35 @@ def _evaluate(evaluate: Callable, params: Any, x: Any, y: Any, prefix: str) -> d
         return {}
     res = _to_float(evaluate(params, x, y))
     return {f"{prefix}_{k}": v for k, v in res.items()}
+
+
+def _read_records(run_dir: Path) -> list[dict[str, Any]]:
+    from nnfun.plots import read_metrics
+
+    try:
+        return read_metrics(run_dir)
+    except FileNotFoundError:
+        return []
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    """Appends one JSON line and syncs it to disk. A last line that a kill cut short (no
+    newline) is first moved into ``metrics.jsonl.cut`` (kept, not lost) and the file replaced
+    atomically without it, so that every line of metrics.jsonl is a whole record."""
+    text = path.read_bytes() if path.is_file() else b""
+    if text and not text.endswith(b"\n"):
+        head, _, fragment = text.rpartition(b"\n")
+        with open(path.with_name(path.name + ".cut"), "ab") as f:
+            f.write(fragment + b"\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(head + b"\n" if head else b"")
+        os.replace(tmp, path)
+    with open(path, "ab") as f:
+        f.write((json.dumps(record) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _finite(params: Any) -> bool:
@@ -289,7 +323,11 @@ class RunRecorder:
         self.param_labels = train.param_layer_labels(setup.model.layers)
         self.started = time.perf_counter()
         self.last_good = store.latest_step()
-        self.last: dict[str, Any] = {}
+        # a resumed run keeps its records: one written after the last checkpoint (a kill
+        # between the two) is not written again, and the last one is the run's latest
+        records = _read_records(run_dir) if self.lead else []
+        self.recorded = {r["step"] for r in records}
+        self.last: dict[str, Any] = records[-1] if records else {}
         self._losses: list = []
         self._norms: list = []
         self.extra: dict[str, Any] = {}
@@ -348,9 +386,9 @@ class RunRecorder:
                **self._grad_norms(), **self.extra}
         rec.pop("train_per_class_accuracy", None)
         self._losses, self._norms, self.extra = [], [], {}
-        if self.lead:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
+        if self.lead and step not in self.recorded:
+            _append_record(self.run_dir / "metrics.jsonl", rec)
+            self.recorded.add(step)
         self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in
                               ("train_loss", "train_accuracy", "val_accuracy") if k in rec})
         return rec
@@ -384,9 +422,8 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
     """
     distributed.initialize(config.distributed, where=config.source)
     run_dir = distributed.agree_on_path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _precision(config.training.dtype):
-        prep = preprocessing.load_preprocessor(run_dir / "preprocessing.npz") if resume else None
+    with _run_folder(run_dir, resume=resume), _precision(config.training.dtype):
+        prep = _load_preprocessing(run_dir) if resume else None
         setup = prepare(config, prep_state=prep)
         if not resume and distributed.is_lead():
             preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
@@ -394,6 +431,51 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
             (run_dir / "metrics.jsonl").write_text("")
         return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
                                    stop_after_epochs=stop_after_epochs, out=out)
+
+
+_LOCK = ".nnfun.lock"
+
+
+@contextlib.contextmanager
+def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
+    """Holds the run folder for one run: a new `train` needs an empty or new folder, and one
+    process at a time may write a folder (an exclusive lock on ``.nnfun.lock``, process 0's)."""
+    try:
+        if distributed.is_lead():
+            run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot use as a run folder: {e.strerror or e}") from None
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: cannot use as a run folder: not a directory")
+    if not resume and any(p.name != _LOCK for p in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: already holds a run; continue it with 'nnfun resume "
+                        f"{run_dir}' or train into a new --out folder")
+    if jax.process_count() > 1:  # every process checked before any writes
+        multihost_utils.sync_global_devices("nnfun: run folder checked")
+    with _locked(run_dir / _LOCK) if distributed.is_lead() else contextlib.nullcontext():
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path.parent}: another nnfun process is writing this run "
+                            f"folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load_preprocessing(run_dir: Path) -> dict:
+    path = run_dir / "preprocessing.npz"
+    try:
+        return preprocessing.load_preprocessor(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: cannot read the run's preprocessing: {e}") from None
 
 
 def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: bool,
@@ -405,7 +487,11 @@ def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: 
     place, state, x_train, y_train = _placed(setup, initial_state(setup))
     store = CheckpointStore(run_dir / "checkpoints", keep_last=tc.keep_checkpoints)
     if resume:
-        state = _restore(store, state, run_dir)
+        state = _restore(store, state, run_dir, out)
+        if int(state.step) >= tc.epochs * setup.steps_per_epoch and \
+                (run_dir / "summary.json").is_file():
+            raise UserError(f"{run_dir}: finished at step {int(state.step)}; nothing to resume "
+                            f"('nnfun eval {run_dir}' evaluates it)")
     train_epoch, evaluate, crosscheck, dispatch = _compiled(setup, place, state)
     start_epoch = int(state.step) // setup.steps_per_epoch
     bar = tqdm(total=tc.epochs, initial=start_epoch, file=out, unit="epoch",
@@ -446,11 +532,26 @@ def _placed(setup: RunSetup, state: train.TrainState) -> tuple[Any, Any, jax.Arr
             place.put_examples(y_train))
 
 
-def _restore(store: CheckpointStore, template: train.TrainState,
-             run_dir: Path) -> train.TrainState:
-    if store.latest_step() is None:
+def _restore(store: CheckpointStore, template: train.TrainState, run_dir: Path, out: Any, *,
+             first: int | None = None) -> train.TrainState:
+    """Checkpoint `first` (default the newest) or, where it cannot be read, the newest one
+    before it that can; says which ones it passed over."""
+    steps = sorted(store.all_steps(), reverse=True)
+    if first is not None:
+        steps = [first] + [s for s in steps if s != first]
+    if not steps:
         raise UserError(f"{run_dir}: no checkpoint to resume from")
-    return store.restore(template)
+    for step in steps:
+        try:
+            state = store.restore(template, step=step)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: try the one before
+            print(f"nnfun: checkpoint {store.path_of(step)} cannot be read "
+                  f"({type(e).__name__}); trying the one before it", file=out)
+            continue
+        if step != steps[0]:
+            print(f"nnfun: using checkpoint step {step}", file=out)
+        return state
+    raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint can be read") from None
 
 
 def _compiled(setup: RunSetup, place: Any, state: train.TrainState) -> tuple:
@@ -564,8 +665,8 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
         with CheckpointStore(run_dir / "checkpoints") as store:
             if store.latest_step() is None:
                 raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate")
-            step = store.best_step() if which == "best" else None
-            state = store.restore(initial_state(setup), step=step)
+            best = store.best_step() if which == "best" else None
+            state = _restore(store, initial_state(setup), run_dir, sys.stderr, first=best)
         evaluate = train.make_eval_fn(setup.model.layers, setup.loss, setup.data.num_classes)
         ds = setup.data
         res = {"step": int(state.step),

@@ -339,12 +339,21 @@ class RunRecorder:
         self._losses.append(np.asarray(metrics["loss"]).ravel())
         if "grad_norms" in metrics:
             self._norms.append(np.asarray(metrics["grad_norms"]))
-        last_loss = float(self._losses[-1][-1])
-        if not math.isfinite(last_loss):
-            where = (f"the last good checkpoint is {self.store.path_of(self.last_good)}"
-                     if self.last_good is not None else "no checkpoint was saved before it")
-            raise RunError(f"non-finite loss {last_loss} at step {int(state.step)} "
-                           f"(epoch {epoch + 1}); {where}")
+        self._stop_if_diverged({"loss": float(self._losses[-1][-1])}, epoch, state)
+
+    def _stop_if_diverged(self, losses: dict[str, Any], epoch: int,
+                          state: train.TrainState) -> None:
+        """`RunError` naming the last good checkpoint when a loss is not finite: the last
+        step's, or the evaluation of the parameters it produced (which can overflow first)."""
+        bad = {k: v for k, v in losses.items() if k.endswith("loss") and isinstance(v, float)
+               and not math.isfinite(v)}
+        if not bad:
+            return
+        name, value = next(iter(bad.items()))
+        where = (f"the last good checkpoint is {self.store.path_of(self.last_good)}"
+                 if self.last_good is not None else "no checkpoint was saved before it")
+        raise RunError(f"non-finite loss {value} at step {int(state.step)} (epoch {epoch + 1}"
+                       f"{'' if name == 'loss' else f', {name}'}); {where}")
 
     def end_epoch(self, epoch: int, state: train.TrainState) -> None:
         """Evaluates, records and checkpoints at the epochs the config asks for."""
@@ -353,6 +362,7 @@ class RunRecorder:
         whole = int(state.step) == (epoch + 1) * self.setup.steps_per_epoch
         if whole and (due(epoch, tc.eval_every) or final):
             self.last = self._record(epoch + 1, state)
+            self._stop_if_diverged(self.last, epoch, state)
             if tc.checkpoint_every == 0 or due(epoch, tc.checkpoint_every) or final:
                 self.save(state, metric=self._metric(self.last))
         elif due(epoch, tc.checkpoint_every):
@@ -422,37 +432,46 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
     """
     distributed.initialize(config.distributed, where=config.source)
     run_dir = distributed.agree_on_path(run_dir)
-    with _run_folder(run_dir, resume=resume), _precision(config.training.dtype):
+    _check_run_folder(run_dir, resume=resume)
+    with _precision(config.training.dtype):
         prep = _load_preprocessing(run_dir) if resume else None
-        setup = prepare(config, prep_state=prep)
-        if not resume and distributed.is_lead():
-            preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
-            (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
-            (run_dir / "metrics.jsonl").write_text("")
-        return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
-                                   stop_after_epochs=stop_after_epochs, out=out)
+        setup = prepare(config, prep_state=prep)  # every check before anything is written
+        with _run_folder(run_dir, resume=resume):
+            if not resume and distributed.is_lead():
+                preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
+                (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
+                (run_dir / "metrics.jsonl").write_text("")
+            return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
+                                       stop_after_epochs=stop_after_epochs, out=out)
 
 
 _LOCK = ".nnfun.lock"
 
 
+def _check_run_folder(run_dir: Path, *, resume: bool) -> None:
+    """A new run needs a new or empty folder (a path that is not a file); a resumed one its
+    own. Reads only."""
+    if run_dir.exists() and not run_dir.is_dir() or any(
+            p.exists() and not p.is_dir() for p in run_dir.parents):
+        raise UserError(f"{run_dir}: cannot use as a run folder: a file is in the way")
+    if not resume and run_dir.is_dir() and any(p.name != _LOCK for p in run_dir.iterdir()):
+        raise UserError(f"{run_dir}: already holds a run; continue it with 'nnfun resume "
+                        f"{run_dir}' or train into a new --out folder")
+
+
 @contextlib.contextmanager
 def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
-    """Holds the run folder for one run: a new `train` needs an empty or new folder, and one
-    process at a time may write a folder (an exclusive lock on ``.nnfun.lock``, process 0's)."""
+    """Holds the run folder for one run: one process at a time may write a folder (an
+    exclusive lock on ``.nnfun.lock``, taken by process 0), checked again under the lock."""
     try:
         if distributed.is_lead():
             run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot use as a run folder: {e.strerror or e}") from None
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: cannot use as a run folder: not a directory")
-    if not resume and any(p.name != _LOCK for p in run_dir.iterdir()):
-        raise UserError(f"{run_dir}: already holds a run; continue it with 'nnfun resume "
-                        f"{run_dir}' or train into a new --out folder")
-    if jax.process_count() > 1:  # every process checked before any writes
-        multihost_utils.sync_global_devices("nnfun: run folder checked")
     with _locked(run_dir / _LOCK) if distributed.is_lead() else contextlib.nullcontext():
+        _check_run_folder(run_dir, resume=resume)
+        if jax.process_count() > 1:  # every process has checked before anyone writes
+            multihost_utils.sync_global_devices("nnfun: run folder checked")
         yield
 
 

@@ -117,7 +117,10 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
         _assert_user_error(capsys, [cmd, str(tmp_path / "not_a_run")], "not_a_run")
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_saves_a_checkpoint(tmp_path, signame):
+    """Ctrl-C, and SIGTERM as SLURM's scancel and time limit send it, stop at a step boundary:
+    a checkpoint is saved, the resume command printed and the exit status is 130."""
     import signal
     import time
 
@@ -132,8 +135,61 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"nnfun resume {run}" in err
     assert any((run / "checkpoints").iterdir())
+
+
+BAD_OVERRIDES = [  # sizes, rates and seeds that cannot be
+    ("model.hidden=[0]", ("layers[0] (dense)", "positive int", "0")),
+    ("model.hidden=[-3]", ("layers[0] (dense)", "-3")),
+    ("model.out=0", ("layers[2] (dense)", "got 0")),
+    ("training.seed=-1", ("training.seed", "-1")),
+    ("training.epochs.max=3", ("training.epochs", "int 300")),
+    ("optimizer.learning_rate=nan", ("learning_rate", "finite", "nan")),
+    ("optimizer.learning_rate=-0.5", ("learning_rate", "-0.5")),
+]
+
+
+@pytest.mark.parametrize("override,parts", BAD_OVERRIDES, ids=[b[0] for b in BAD_OVERRIDES])
+def test_impossible_values_are_one_line_before_anything_is_written(tmp_path, capsys, override,
+                                                                     parts):
+    out = tmp_path / "run"
+    _assert_user_error(capsys, ["train", XOR, "--set", override, "--out", str(out)], *parts)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_folder_that_cannot_hold_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("mine")
+    _assert_user_error(capsys, ["train", XOR, "--out", str(tmp_path / "a_file")], "a_file")
+    _assert_user_error(capsys, ["train", XOR, "--out", str(tmp_path / "a_file" / "x")],
+                       "a_file")
+    assert (tmp_path / "a_file").read_text() == "mine"
+    pca = ["train", XOR, "--set", "data.preprocessing='pca'", "--set", "data.n_components=5"]
+    _assert_user_error(capsys, [*pca, "--out", str(tmp_path / "r")], "data", "n_components")
+
+
+@pytest.mark.parametrize("argv,parts", [
+    (["gradcheck", XOR, "--batch", "0"], ("--batch", "positive", "0")),
+    (["gradcheck", XOR, "--tol", "nan"], ("--tol", "nan")),
+    (["trian", XOR], ("invalid choice", "trian")),
+    (["train"], ("config",)),
+])
+def test_argument_errors_are_one_line_and_exit_2(argv, parts):
+    p = _cli(*argv)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+def test_version_and_a_closed_pipe():
+    assert _cli("--version").stdout.strip().startswith("nnfun ")
+    proc = subprocess.Popen([sys.executable, "-m", "nnfun.cli", "info"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader went away, as `| head` does
+    assert proc.wait(timeout=120) in (0, 1)
+    assert b"Traceback" not in proc.stderr.read()

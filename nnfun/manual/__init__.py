@@ -12,9 +12,17 @@ the two is a real second opinion:
   ``<reg>_backward(dout, cache) -> dparams``;
 - `nnfun.manual.model`: ``forward``, ``backward`` and the objective's value and gradient.
 
-Everything is jax.numpy, so it runs under `jax.jit` and `jax.vmap`; caches are NamedTuples.
+Everything is jax.numpy, so it runs under `jax.jit` and `jax.vmap`. Caches are frozen
+dataclasses registered with `jax.tree_util.register_dataclass`: their arrays are data fields
+(pytree leaves) and their Python values (a window geometry, a shape, an axis, whether there is a
+bias) are meta fields, static under every transformation, read as plain attributes.
+
+Each rule module has an explicit table, name -> `Rule(forward, backward)`: `layers.RULES` (layers
+and activations), `losses.LOSS_RULES` and `regularizers.REG_RULES`. `nnfun.manual.fast` holds
+faster variants of some layer rules (`FAST_RULES`, same contract), tested equal to the rules
+they replace; `nnfun.manual.model` uses them only when asked (``fast=True``).
 """
 
-from nnfun.manual import activations, layers, losses, model, regularizers
+from nnfun.manual import activations, fast, layers, losses, model, regularizers
 
-__all__ = ["activations", "layers", "losses", "model", "regularizers"]
+__all__ = ["activations", "fast", "layers", "losses", "model", "regularizers"]

@@ -13,23 +13,33 @@ relu'(0) = 0, leaky_relu'(0) = 1, elu'(0) = alpha, and step' = sign' = 0 everywh
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from nnfun.manual._checks import check_no_params
-from nnfun.manual._static import Static
+
+__all__ = ["EmptyCache", "OutputCache", "InputCache", "SlopeCache", "SoftmaxCache",
+           *(f"{name}_{part}" for name in ("identity", "step", "heaviside", "sign", "sigmoid",
+                                           "tanh", "relu", "leaky_relu", "elu", "softplus",
+                                           "softmax", "log_softmax")
+             for part in ("forward", "backward"))]
 
 Array = jax.Array
 NoParams = dict[str, Array]
 
 
-class EmptyCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class EmptyCache:
     """Cache of an activation whose backward needs nothing (identity, step, sign)."""
 
 
-class OutputCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["out"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class OutputCache:
     """Cache of sigmoid and tanh, whose derivative is a function of the output.
 
     Attributes:
@@ -39,7 +49,9 @@ class OutputCache(NamedTuple):
     out: Array
 
 
-class InputCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["x"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class InputCache:
     """Cache of relu and softplus, whose derivative is a function of the input.
 
     Attributes:
@@ -49,7 +61,9 @@ class InputCache(NamedTuple):
     x: Array
 
 
-class SlopeCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["x", "coef"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SlopeCache:
     """Cache of leaky_relu and elu.
 
     Attributes:
@@ -61,16 +75,18 @@ class SlopeCache(NamedTuple):
     coef: Array | float
 
 
-class SoftmaxCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["probs"], meta_fields=["axis"])
+@dataclasses.dataclass(frozen=True)
+class SoftmaxCache:
     """Cache of softmax and log_softmax.
 
     Attributes:
       probs: softmax(x) along `axis`, x's shape.
-      axis: Static(int), the normalised axis.
+      axis: int, the normalised axis (static metadata).
     """
 
     probs: Array
-    axis: Static
+    axis: int
 
 
 def identity_forward(params: NoParams, x: Array) -> tuple[Array, EmptyCache]:
@@ -351,7 +367,7 @@ def softmax_forward(params: NoParams, x: Array, *, axis: int = -1) -> tuple[Arra
     """
     check_no_params("softmax", params)
     s = _softmax(x, axis)[1]
-    return s, SoftmaxCache(s, Static(axis))
+    return s, SoftmaxCache(s, axis)
 
 
 def softmax_backward(dout: Array, cache: SoftmaxCache) -> tuple[Array, NoParams]:
@@ -364,7 +380,7 @@ def softmax_backward(dout: Array, cache: SoftmaxCache) -> tuple[Array, NoParams]
     Returns:
       (dx of x's shape, {}).
     """
-    s, axis = cache.probs, cache.axis.value
+    s, axis = cache.probs, cache.axis
     return s * (dout - jnp.sum(dout * s, axis=axis, keepdims=True)), {}
 
 
@@ -382,7 +398,7 @@ def log_softmax_forward(params: NoParams, x: Array, *,
     """
     check_no_params("log_softmax", params)
     out, s = _softmax(x, axis)
-    return out, SoftmaxCache(s, Static(axis))
+    return out, SoftmaxCache(s, axis)
 
 
 def log_softmax_backward(dout: Array, cache: SoftmaxCache) -> tuple[Array, NoParams]:
@@ -395,4 +411,4 @@ def log_softmax_backward(dout: Array, cache: SoftmaxCache) -> tuple[Array, NoPar
     Returns:
       (dx of x's shape, {}).
     """
-    return dout - cache.probs * jnp.sum(dout, axis=cache.axis.value, keepdims=True), {}
+    return dout - cache.probs * jnp.sum(dout, axis=cache.axis, keepdims=True), {}

@@ -21,6 +21,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+__all__ = ["add_forward", "add_backward", "mul_forward", "mul_backward", "max_forward",
+           "max_backward", "copy_forward", "copy_backward", "MulCache", "MaxCache"]
+
 Array = jax.Array
 
 

@@ -3,8 +3,8 @@
 Contract, shared by every layer and activation:
 
 - ``<name>_forward(params, x, **hyper) -> (out, cache)``: ``params`` is the layer's dict
-  (``{}`` for parameterless layers), hyperparameters are keyword-only, and ``cache`` is a
-  NamedTuple of what the backward pass needs.
+  (``{}`` for parameterless layers), hyperparameters are keyword-only, and ``cache`` holds
+  what the backward pass needs.
 - ``<name>_backward(dout, cache) -> (dx, dparams)``: ``dout`` has out's shape, ``dx`` has x's
   shape, and ``dparams`` mirrors ``params`` key for key, so it compares with the autodiff
   gradient tree directly.
@@ -12,17 +12,24 @@ Contract, shared by every layer and activation:
 Layout is batch first and channels last: dense (N, D), conv1d (N, L, C), conv2d (N, H, W, C),
 ``x @ w``. Convolutions and pools use im2col (`nnfun.manual._windows`): the KH * KW strided
 slices of the padded input are stacked into patches, a convolution is one matmul with the
-kernel reshaped to (KH * KW * C_in, C_out), and the backward pass scatter-adds patch gradients
-back (col2im). Pools whose windows tile the input (stride == window, no padding) reduce a
-reshape of the input instead of its patches. "SAME" padding is XLA's: out = ceil(in / stride),
-total padding max((out - 1) * stride + k - in, 0), the smaller half first. The 1-D layers are
-the 2-D ones on a unit height. All activations of `nnfun.manual.activations` are re-exported
-here as layers.
+kernel reshaped to (KH * KW * C_in, C_out), a pool is a reduction over the patch axis, and the
+backward pass adds patch gradients back where they were read from (col2im). "SAME" padding is
+XLA's: out = ceil(in / stride), total padding max((out - 1) * stride + k - in, 0), the smaller
+half first. The 1-D layers are the 2-D ones on a unit height. All activations of
+`nnfun.manual.activations` are re-exported here as layers.
+
+Caches are frozen dataclasses registered as pytrees: arrays are data fields, Python values (the
+window geometry, an input shape, whether the layer has a bias) are meta fields, static under
+`jax.jit` and `jax.vmap`. `RULES` maps every layer and activation name to its
+`Rule(forward, backward)`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +43,8 @@ from nnfun.manual._checks import (
     check_shape,
     int_tuple,
 )
-from nnfun.manual._static import Static
 from nnfun.manual._windows import Window
-from nnfun.manual.activations import (  # noqa: F401  (re-exported: activations are layers)
+from nnfun.manual.activations import (  # re-exported: activations are layers
     EmptyCache,
     InputCache,
     OutputCache,
@@ -74,21 +80,39 @@ Array = jax.Array
 Params = dict[str, Array]
 
 
+class Rule(NamedTuple):
+    """A hand-written rule: the forward, which returns its value and a cache, and the backward,
+    which turns the upstream gradient and that cache into the gradients of the inputs.
+
+    Attributes:
+      forward: layers ``(params, x, **hyper) -> (out, cache)``; losses
+        ``(pred, target, **hyper) -> (loss, cache)``; regularisers
+        ``(params, **hyper) -> (penalty, cache)``.
+      backward: layers ``(dout, cache) -> (dx, dparams)``; losses ``(dloss, cache) -> dpred``;
+        regularisers ``(dout, cache) -> dparams``.
+    """
+
+    forward: Callable[..., tuple[Array, Any]]
+    backward: Callable[..., Any]
+
+
 # --------------------------------------------------------------------------- dense
 
 
-class DenseCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["x", "w"], meta_fields=["has_bias"])
+@dataclasses.dataclass(frozen=True)
+class DenseCache:
     """Cache of `dense_forward`.
 
     Attributes:
       x: (N, D) input.
       w: (D, M) weights.
-      b: (M,) bias, or None when the layer has none (only its presence is used).
+      has_bias: bool, whether params has "b".
     """
 
     x: Array
     w: Array
-    b: Array | None
+    has_bias: bool
 
 
 def dense_forward(params: Params, x: Array) -> tuple[Array, DenseCache]:
@@ -110,7 +134,7 @@ def dense_forward(params: Params, x: Array) -> tuple[Array, DenseCache]:
     if b is not None:
         check_shape("dense", "b", b, w.shape[1:])
         out = out + b[None, :]
-    return out, DenseCache(x, w, b)
+    return out, DenseCache(x, w, b is not None)
 
 
 def dense_backward(dout: Array, cache: DenseCache) -> tuple[Array, Params]:
@@ -124,7 +148,7 @@ def dense_backward(dout: Array, cache: DenseCache) -> tuple[Array, Params]:
       (dx (N, D), {"w": dw (D, M)} plus "b": db (M,) when the layer has a bias).
     """
     dparams = {"w": cache.x.T @ dout}
-    if cache.b is not None:
+    if cache.has_bias:
         dparams["b"] = jnp.sum(dout, axis=0)
     return dout @ cache.w.T, dparams
 
@@ -132,20 +156,23 @@ def dense_backward(dout: Array, cache: DenseCache) -> tuple[Array, Params]:
 # --------------------------------------------------------------------------- convolutions
 
 
-class ConvCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["cols", "w"],
+         meta_fields=["window", "has_bias"])
+@dataclasses.dataclass(frozen=True)
+class ConvCache:
     """Cache of `conv2d_forward` (and of `conv1d_forward`, on a unit height).
 
     Attributes:
       cols: (N * OH * OW, KH * KW * C_in) im2col patches of the padded input.
       w: (KH, KW, C_in, C_out) kernel.
-      b: (C_out,) bias, or None when the layer has none.
-      window: Static(Window), the window geometry.
+      window: Window, the window geometry.
+      has_bias: bool, whether params has "b".
     """
 
     cols: Array
     w: Array
-    b: Array | None
-    window: Static
+    window: Window
+    has_bias: bool
 
 
 def _conv_checks(layer: str, params: Params, x: Array, rank: int) -> None:
@@ -169,7 +196,7 @@ def _conv(layer: str, w: Array, b: Array | None, x: Array, stride: tuple[int, in
     out = cols @ w.reshape(-1, w.shape[3])
     if b is not None:
         out = out + b[None, :]
-    return out.reshape(x.shape[0], *g.out_hw, w.shape[3]), ConvCache(cols, w, b, Static(g))
+    return out.reshape(x.shape[0], *g.out_hw, w.shape[3]), ConvCache(cols, w, g, b is not None)
 
 
 def conv2d_forward(params: Params, x: Array, *, stride: int | tuple[int, int] = 1,
@@ -195,9 +222,9 @@ def conv2d_forward(params: Params, x: Array, *, stride: int | tuple[int, int] = 
 
 def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Params]:
     """With dout reshaped to (N * OH * OW, C_out) and W = w reshaped (KH * KW * C_in, C_out):
-    dw = cols^T @ dout, db = 1^T dout (sum over N, OH, OW), and dx = col2im(dout @ W^T): every
-    patch gradient is scatter-added back to the input positions it was read from (overlapping
-    windows accumulate), then the padding is cropped off.
+    dw = cols^T @ dout, db = sum of dout over N, OH and OW, and dx = col2im(dout @ W^T): every
+    patch gradient is added back to the input positions it was read from (overlapping windows
+    accumulate), then the padding is cropped off.
 
     Args:
       dout: (N, OH, OW, C_out) upstream gradient.
@@ -206,15 +233,11 @@ def conv2d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Params]:
     Returns:
       (dx (N, H, W, C_in), {"w": dw (KH, KW, C_in, C_out)} plus "b": db (C_out,) with a bias).
     """
-    w, g = cache.w, cache.window.value
+    w, g = cache.w, cache.window
     dout2 = dout.reshape(-1, w.shape[3])
     dparams = {"w": (cache.cols.T @ dout2).reshape(w.shape)}
-    if cache.b is not None:
-        # 1^T dout (the column sums) as a matrix-vector product: on a CPU XLA's reduction of
-        # the tall (N * OH * OW, C_out) array ran about 4x slower than this product. Full
-        # precision, so that no backend rounds dout to a shorter float (TF32) for the sum.
-        dparams["b"] = jnp.dot(jnp.ones(dout2.shape[0], dout2.dtype), dout2,
-                               precision="highest")
+    if cache.has_bias:
+        dparams["b"] = jnp.sum(dout, axis=(0, 1, 2))
     dcols = (dout2 @ w.reshape(-1, w.shape[3]).T).reshape(
         dout.shape[0], *g.out_hw, g.kernel[0] * g.kernel[1], w.shape[2])
     return _windows.fold(dcols, g), dparams
@@ -259,29 +282,31 @@ def conv1d_backward(dout: Array, cache: ConvCache) -> tuple[Array, Params]:
 # --------------------------------------------------------------------------- pooling
 
 
-class MaxPoolCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["share"], meta_fields=["window"])
+@dataclasses.dataclass(frozen=True)
+class MaxPoolCache:
     """Cache of `max_pool2d_forward` (and `max_pool1d_forward`, on a unit height).
 
     Attributes:
-      share: each window element's share of its window's gradient: 1 / (number of tied
-        maxima) on the maxima, 0 elsewhere; (N, OH, OW, KH * KW, C) patches, or, when the
-        windows tile the input (stride == window, no padding), (N, OH, KH, OW, KW, C), x's own
-        layout (`nnfun.manual._windows.to_tiles`).
-      window: Static(Window), the window geometry.
+      share: (N, OH, OW, KH * KW, C), each window element's share of its window's gradient
+        (patches layout): 1 / (number of tied maxima) on the maxima, 0 elsewhere.
+      window: Window, the window geometry.
     """
 
     share: Array
-    window: Static
+    window: Window
 
 
-class AvgPoolCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["window"])
+@dataclasses.dataclass(frozen=True)
+class AvgPoolCache:
     """Cache of `avg_pool2d_forward` (and `avg_pool1d_forward`, on a unit height).
 
     Attributes:
-      window: Static(Window), the window geometry (the counts of real elements follow from it).
+      window: Window, the window geometry (the counts of real elements follow from it).
     """
 
-    window: Static
+    window: Window
 
 
 def _pool_window(layer: str, x: Array, rank: int, window: int | tuple[int, ...],
@@ -294,19 +319,16 @@ def _pool_window(layer: str, x: Array, rank: int, window: int | tuple[int, ...],
     return _windows.make_window(layer, x.shape[1:3], kernel, strides, padding)
 
 
-def _max_pool(layer: str, x: Array, g: Window) -> tuple[Array, MaxPoolCache]:
-    if _windows.tiles(g):
-        out, share = _windows.max_and_share(_windows.to_tiles(x, g), axis=(2, 4))
-    else:
-        out, share = _windows.max_and_share(_windows.patches(x, g, fill=-jnp.inf), axis=3)
-    return out, MaxPoolCache(share, Static(g))
+def _max_pool(x: Array, g: Window) -> tuple[Array, MaxPoolCache]:
+    """Max over the patch axis of x's (-inf padded) patches, and each element's share."""
+    out, share = _windows.max_and_share(_windows.patches(x, g, fill=-jnp.inf), axis=3)
+    return out, MaxPoolCache(share, g)
 
 
 def _avg_pool(x: Array, g: Window) -> tuple[Array, AvgPoolCache]:
-    if _windows.tiles(g):
-        return jnp.mean(_windows.to_tiles(x, g), axis=(2, 4)), AvgPoolCache(Static(g))
+    """Sum over the patch axis of x's (zero padded) patches, over each window's real count."""
     counts = jnp.asarray(_windows.real_counts(g), x.dtype)[None, :, :, None]
-    return jnp.sum(_windows.patches(x, g), axis=3) / counts, AvgPoolCache(Static(g))
+    return jnp.sum(_windows.patches(x, g), axis=3) / counts, AvgPoolCache(g)
 
 
 def max_pool2d_forward(params: Params, x: Array, *, window: int | tuple[int, int] = 2,
@@ -326,14 +348,13 @@ def max_pool2d_forward(params: Params, x: Array, *, window: int | tuple[int, int
     """
     check_no_params("max_pool2d", params)
     check_ndim("max_pool2d", "x", x, 4, "(N, H, W, C)")
-    return _max_pool("max_pool2d", x, _pool_window("max_pool2d", x, 2, window, stride, padding))
+    return _max_pool(x, _pool_window("max_pool2d", x, 2, window, stride, padding))
 
 
 def max_pool2d_backward(dout: Array, cache: MaxPoolCache) -> tuple[Array, Params]:
     """The max gate routes the gradient: each window's dout goes to its maximum, split equally
     among tied maxima (dpatch = share * dout, share = [x == max] / count); overlapping windows
-    accumulate when the patches are scatter-added back (col2im). Windows that tile the input
-    put share * dout straight back into x's layout.
+    accumulate when the patch gradients are added back (col2im).
 
     Args:
       dout: (N, OH, OW, C) upstream gradient.
@@ -342,10 +363,7 @@ def max_pool2d_backward(dout: Array, cache: MaxPoolCache) -> tuple[Array, Params
     Returns:
       (dx (N, H, W, C), {}).
     """
-    g = cache.window.value
-    if _windows.tiles(g):
-        return _windows.from_tiles(cache.share * dout[:, :, None, :, None, :], g), {}
-    return _windows.fold(cache.share * dout[:, :, :, None, :], g), {}
+    return _windows.fold(cache.share * dout[:, :, :, None, :], cache.window), {}
 
 
 def avg_pool2d_forward(params: Params, x: Array, *, window: int | tuple[int, int] = 2,
@@ -379,12 +397,7 @@ def avg_pool2d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params
     Returns:
       (dx (N, H, W, C), {}).
     """
-    g = cache.window.value
-    if _windows.tiles(g):
-        tiled = jnp.broadcast_to((dout / (g.kernel[0] * g.kernel[1]))[:, :, None, :, None, :],
-                                 (dout.shape[0], g.out_hw[0], g.kernel[0], g.out_hw[1],
-                                  g.kernel[1], dout.shape[3]))
-        return _windows.from_tiles(tiled, g), {}
+    g = cache.window
     counts = jnp.asarray(_windows.real_counts(g), dout.dtype)[None, :, :, None]
     per_window = (dout / counts)[:, :, :, None, :]
     shape = (*dout.shape[:3], g.kernel[0] * g.kernel[1], dout.shape[3])
@@ -408,7 +421,7 @@ def max_pool1d_forward(params: Params, x: Array, *, window: int = 2, stride: int
     check_no_params("max_pool1d", params)
     check_ndim("max_pool1d", "x", x, 3, "(N, L, C)")
     g = _pool_window("max_pool1d", x[:, None], 1, window, stride, padding)
-    out, cache = _max_pool("max_pool1d", x[:, None], g)
+    out, cache = _max_pool(x[:, None], g)
     return out[:, 0], cache
 
 
@@ -464,14 +477,16 @@ def avg_pool1d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params
 # --------------------------------------------------------------------------- the rest
 
 
-class FlattenCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["in_shape"])
+@dataclasses.dataclass(frozen=True)
+class FlattenCache:
     """Cache of `flatten_forward`.
 
     Attributes:
-      in_shape: Static(tuple), the input shape (N, ...).
+      in_shape: tuple of ints, the input shape (N, ...).
     """
 
-    in_shape: Static
+    in_shape: tuple[int, ...]
 
 
 def flatten_forward(params: Params, x: Array) -> tuple[Array, FlattenCache]:
@@ -485,7 +500,7 @@ def flatten_forward(params: Params, x: Array) -> tuple[Array, FlattenCache]:
       (out (N, prod(...)), cache).
     """
     check_no_params("flatten", params)
-    return x.reshape(x.shape[0], -1), FlattenCache(Static(tuple(x.shape)))
+    return x.reshape(x.shape[0], -1), FlattenCache(tuple(x.shape))
 
 
 def flatten_backward(dout: Array, cache: FlattenCache) -> tuple[Array, Params]:
@@ -498,19 +513,21 @@ def flatten_backward(dout: Array, cache: FlattenCache) -> tuple[Array, Params]:
     Returns:
       (dx (N, ...), {}).
     """
-    return dout.reshape(cache.in_shape.value), {}
+    return dout.reshape(cache.in_shape), {}
 
 
-class DropoutCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["mask"], meta_fields=["keep"])
+@dataclasses.dataclass(frozen=True)
+class DropoutCache:
     """Cache of `dropout_forward`.
 
     Attributes:
       mask: x's shape, True where the unit is kept; None when dropout is the identity.
-      keep: scalar keep probability 1 - drop_rate.
+      keep: float, the keep probability 1 - drop_rate.
     """
 
     mask: Array | None
-    keep: Array | float
+    keep: float
 
 
 def dropout_forward(params: Params, x: Array, *, drop_rate: float, key: Array | None = None,
@@ -556,7 +573,10 @@ def dropout_backward(dout: Array, cache: DropoutCache) -> tuple[Array, Params]:
     return jnp.where(cache.mask, dout / cache.keep, jnp.zeros_like(dout)), {}
 
 
-class MaxoutCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["x", "w", "share"],
+         meta_fields=["has_bias"])
+@dataclasses.dataclass(frozen=True)
+class MaxoutCache:
     """Cache of `maxout_forward`.
 
     Attributes:
@@ -564,13 +584,13 @@ class MaxoutCache(NamedTuple):
       w: (D, M, P) weights.
       share: (N, M, P) each piece's share of its unit's gradient: 1 / (number of tied maxima)
         on the maximal pieces, 0 elsewhere.
-      has_bias: Static(bool), whether params has "b".
+      has_bias: bool, whether params has "b".
     """
 
     x: Array
     w: Array
     share: Array
-    has_bias: Static
+    has_bias: bool
 
 
 def maxout_forward(params: Params, x: Array) -> tuple[Array, MaxoutCache]:
@@ -593,7 +613,7 @@ def maxout_forward(params: Params, x: Array) -> tuple[Array, MaxoutCache]:
         check_shape("maxout", "b", params["b"], w.shape[1:])
         z = z + params["b"][None]
     out, share = _windows.max_and_share(z, axis=-1)
-    return out, MaxoutCache(x, w, share, Static("b" in params))
+    return out, MaxoutCache(x, w, share, "b" in params)
 
 
 def maxout_backward(dout: Array, cache: MaxoutCache) -> tuple[Array, Params]:
@@ -610,6 +630,41 @@ def maxout_backward(dout: Array, cache: MaxoutCache) -> tuple[Array, Params]:
     """
     dz = cache.share * dout[:, :, None]
     dparams = {"w": jnp.einsum("nd,nmp->dmp", cache.x, dz)}
-    if cache.has_bias.value:
+    if cache.has_bias:
         dparams["b"] = jnp.sum(dz, axis=0)
     return jnp.einsum("nmp,dmp->nd", dz, cache.w), dparams
+
+
+# --------------------------------------------------------------------------- the table
+
+
+RULES: dict[str, Rule] = {
+    "dense": Rule(dense_forward, dense_backward),
+    "conv1d": Rule(conv1d_forward, conv1d_backward),
+    "conv2d": Rule(conv2d_forward, conv2d_backward),
+    "max_pool1d": Rule(max_pool1d_forward, max_pool1d_backward),
+    "max_pool2d": Rule(max_pool2d_forward, max_pool2d_backward),
+    "avg_pool1d": Rule(avg_pool1d_forward, avg_pool1d_backward),
+    "avg_pool2d": Rule(avg_pool2d_forward, avg_pool2d_backward),
+    "flatten": Rule(flatten_forward, flatten_backward),
+    "dropout": Rule(dropout_forward, dropout_backward),
+    "maxout": Rule(maxout_forward, maxout_backward),
+    "identity": Rule(identity_forward, identity_backward),
+    "step": Rule(step_forward, step_backward),
+    "heaviside": Rule(heaviside_forward, heaviside_backward),
+    "sign": Rule(sign_forward, sign_backward),
+    "sigmoid": Rule(sigmoid_forward, sigmoid_backward),
+    "tanh": Rule(tanh_forward, tanh_backward),
+    "relu": Rule(relu_forward, relu_backward),
+    "leaky_relu": Rule(leaky_relu_forward, leaky_relu_backward),
+    "elu": Rule(elu_forward, elu_backward),
+    "softplus": Rule(softplus_forward, softplus_backward),
+    "softmax": Rule(softmax_forward, softmax_backward),
+    "log_softmax": Rule(log_softmax_forward, log_softmax_backward),
+}
+"""Every layer and activation of the reference path: name -> Rule(forward, backward)."""
+
+__all__ = ["Rule", "RULES", "DenseCache", "ConvCache", "MaxPoolCache", "AvgPoolCache",
+           "FlattenCache", "DropoutCache", "MaxoutCache", "EmptyCache", "InputCache",
+           "OutputCache", "SlopeCache", "SoftmaxCache",
+           *(f"{name}_{part}" for name in RULES for part in ("forward", "backward"))]

@@ -11,33 +11,98 @@ Every loss first computes one value L_i per example (summing over all non-batch 
 reduces over the batch: ``reduction="mean"`` is (1/N) sum_i L_i (lecture 003), ``"sum"`` is
 sum_i L_i (lecture 003's 20-line NumPy net). The backward rules carry the same factor c: 1/N or 1.
 They compute the same functions as `nnfun.losses`, with the same conventions at kinks.
+
+A forward computes the loss value only and caches its inputs (and the batch factor c); the
+backward computes the derivative from them. `LOSS_RULES` maps every loss name to its
+`Rule(forward, backward)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from nnfun.manual._checks import check_choice, check_ndim, check_shape
 from nnfun.manual.activations import log_softmax_forward
+from nnfun.manual.layers import Rule
 
 Array = jax.Array
 REDUCTIONS = ("mean", "sum")
 
 
-class ScaledCache(NamedTuple):
-    """Cache of a loss whose gradient is dpred = dloss * scale * local.
+@partial(jax.tree_util.register_dataclass, data_fields=["pred", "target", "c"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class LossCache:
+    """Cache of a loss that compares pred with a target of the same shape element by element
+    (squared errors, the binary cross-entropies, the logistic loss).
 
     Attributes:
-      local: pred's shape (N, ...), the per-element local gradient before scaling.
-      scale: scalar factor (the batch reduction's 1/N or 1, times any constant of the loss).
+      pred: (N, ...) the prediction (scores, logits or probabilities, as the loss names it).
+      target: pred's shape, the targets.
+      c: scalar batch factor, 1/N for reduction "mean", 1 for "sum".
     """
 
-    local: Array
-    scale: Array | float
+    pred: Array
+    target: Array
+    c: Array | float
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["pred", "target", "c"],
+         meta_fields=["half"])
+@dataclasses.dataclass(frozen=True)
+class SquaredErrorCache:
+    """Cache of `squared_error_forward`.
+
+    Attributes:
+      pred: (N, ...) the prediction.
+      target: pred's shape.
+      c: scalar batch factor, 1/N or 1.
+      half: bool, whether the loss has the factor 1/2.
+    """
+
+    pred: Array
+    target: Array
+    c: Array | float
+    half: bool
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["probs", "y", "c"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class SoftmaxCrossEntropyCache:
+    """Cache of `softmax_cross_entropy_forward`.
+
+    Attributes:
+      probs: (N, K) p = softmax(z), computed by the forward on the way to log softmax(z).
+      y: (N, K) target rows (one-hot rows for class labels).
+      c: scalar batch factor, 1/N or 1.
+    """
+
+    probs: Array
+    y: Array
+    c: Array | float
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["scores", "y", "margin", "c"],
+         meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class HingeCache:
+    """Cache of `multiclass_hinge_forward`.
+
+    Attributes:
+      scores: (N, K) class scores s.
+      y: (N, K) one-hot rows of the correct classes.
+      margin: scalar margin Delta.
+      c: scalar batch factor, 1/N or 1.
+    """
+
+    scores: Array
+    y: Array
+    margin: Array | float
+    c: Array | float
 
 
 def _batch_factor(loss: str, n: int, reduction: str) -> float:
@@ -55,12 +120,8 @@ def _per_example_sum(v: Array) -> Array:
     return jnp.sum(v.reshape(v.shape[0], -1), axis=1)
 
 
-def _scaled_backward(dloss: Array, cache: ScaledCache) -> Array:
-    return dloss * cache.scale * cache.local
-
-
 def squared_error_forward(pred: Array, target: Array, *, half: bool = True,
-                          reduction: str = "mean") -> tuple[Array, ScaledCache]:
+                          reduction: str = "mean") -> tuple[Array, SquaredErrorCache]:
     """L_i = h * sum_k (pred_ik - target_ik)^2 with h = 1/2 (or 1 when ``half=False``).
 
     Args:
@@ -74,13 +135,12 @@ def squared_error_forward(pred: Array, target: Array, *, half: bool = True,
     """
     check_shape("squared_error", "target", target, pred.shape)
     c = _batch_factor("squared_error", pred.shape[0], reduction)
-    diff = pred - target
-    per = _per_example_sum(jnp.square(diff))
     h = 0.5 if half else 1.0
-    return _reduce(h * per, reduction), ScaledCache(diff, 2.0 * h * c)
+    per = h * _per_example_sum(jnp.square(pred - target))
+    return _reduce(per, reduction), SquaredErrorCache(pred, target, c, half)
 
 
-def squared_error_backward(dloss: Array, cache: ScaledCache) -> Array:
+def squared_error_backward(dloss: Array, cache: SquaredErrorCache) -> Array:
     """dpred = dloss * c * 2h * (pred - target) (c = 1/N or 1, h = 1/2 or 1).
 
     Args:
@@ -90,11 +150,12 @@ def squared_error_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dpred of pred's shape.
     """
-    return _scaled_backward(dloss, cache)
+    h = 0.5 if cache.half else 1.0
+    return dloss * cache.c * 2.0 * h * (cache.pred - cache.target)
 
 
 def mean_squared_error_forward(pred: Array, target: Array, *,
-                               reduction: str = "mean") -> tuple[Array, ScaledCache]:
+                               reduction: str = "mean") -> tuple[Array, LossCache]:
     """L_i = (1/K) sum_k (pred_ik - target_ik)^2, K the number of elements per example.
 
     Args:
@@ -107,14 +168,12 @@ def mean_squared_error_forward(pred: Array, target: Array, *,
     """
     check_shape("mean_squared_error", "target", target, pred.shape)
     c = _batch_factor("mean_squared_error", pred.shape[0], reduction)
-    diff = pred - target
-    per = jnp.mean(jnp.square(diff).reshape(pred.shape[0], -1), axis=1)
-    k = math.prod(diff.shape[1:])
-    return _reduce(per, reduction), ScaledCache(diff, 2.0 * c / k)
+    per = jnp.mean(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)
+    return _reduce(per, reduction), LossCache(pred, target, c)
 
 
-def mean_squared_error_backward(dloss: Array, cache: ScaledCache) -> Array:
-    """dpred = dloss * c * (2 / K) * (pred - target) (c = 1/N or 1).
+def mean_squared_error_backward(dloss: Array, cache: LossCache) -> Array:
+    """dpred = dloss * c * (2 / K) * (pred - target) (c = 1/N or 1, K elements per example).
 
     Args:
       dloss: scalar upstream gradient.
@@ -123,7 +182,8 @@ def mean_squared_error_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dpred of pred's shape.
     """
-    return _scaled_backward(dloss, cache)
+    k = math.prod(cache.pred.shape[1:])
+    return dloss * cache.c * (2.0 / k) * (cache.pred - cache.target)
 
 
 def _log_sigmoid(z: Array) -> Array:
@@ -132,7 +192,7 @@ def _log_sigmoid(z: Array) -> Array:
 
 
 def binary_cross_entropy_with_logits_forward(
-        logits: Array, targets: Array, *, reduction: str = "mean") -> tuple[Array, ScaledCache]:
+        logits: Array, targets: Array, *, reduction: str = "mean") -> tuple[Array, LossCache]:
     """L_i = -sum_k [y_k log s(z_k) + (1 - y_k) log(1 - s(z_k))], with log s(z) = -softplus(-z)
     and log(1 - s(z)) = log s(-z), so it cannot overflow.
 
@@ -148,11 +208,10 @@ def binary_cross_entropy_with_logits_forward(
     check_shape(loss, "targets", targets, logits.shape)
     c = _batch_factor(loss, logits.shape[0], reduction)
     per = -(targets * _log_sigmoid(logits) + (1.0 - targets) * _log_sigmoid(-logits))
-    local = jax.nn.sigmoid(logits) - targets
-    return _reduce(_per_example_sum(per), reduction), ScaledCache(local, c)
+    return _reduce(_per_example_sum(per), reduction), LossCache(logits, targets, c)
 
 
-def binary_cross_entropy_with_logits_backward(dloss: Array, cache: ScaledCache) -> Array:
+def binary_cross_entropy_with_logits_backward(dloss: Array, cache: LossCache) -> Array:
     """dz = dloss * c * (s(z) - y) (c = 1/N or 1).
 
     Args:
@@ -162,11 +221,11 @@ def binary_cross_entropy_with_logits_backward(dloss: Array, cache: ScaledCache) 
     Returns:
       dlogits of the logits' shape.
     """
-    return _scaled_backward(dloss, cache)
+    return dloss * cache.c * (jax.nn.sigmoid(cache.pred) - cache.target)
 
 
 def binary_cross_entropy_forward(probs: Array, targets: Array, *,
-                                 reduction: str = "mean") -> tuple[Array, ScaledCache]:
+                                 reduction: str = "mean") -> tuple[Array, LossCache]:
     """L_i = -sum_k [y_k log p_k + (1 - y_k) log1p(-p_k)], on probabilities p in (0, 1).
 
     No clipping: p = 0 or 1 gives infinities, exactly as the plain formula.
@@ -182,11 +241,10 @@ def binary_cross_entropy_forward(probs: Array, targets: Array, *,
     check_shape("binary_cross_entropy", "targets", targets, probs.shape)
     c = _batch_factor("binary_cross_entropy", probs.shape[0], reduction)
     per = -(targets * jnp.log(probs) + (1.0 - targets) * jnp.log1p(-probs))
-    local = (1.0 - targets) / (1.0 - probs) - targets / probs
-    return _reduce(_per_example_sum(per), reduction), ScaledCache(local, c)
+    return _reduce(_per_example_sum(per), reduction), LossCache(probs, targets, c)
 
 
-def binary_cross_entropy_backward(dloss: Array, cache: ScaledCache) -> Array:
+def binary_cross_entropy_backward(dloss: Array, cache: LossCache) -> Array:
     """dp = dloss * c * (-y / p + (1 - y) / (1 - p)) (c = 1/N or 1).
 
     Args:
@@ -196,11 +254,12 @@ def binary_cross_entropy_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dprobs of the probs' shape.
     """
-    return _scaled_backward(dloss, cache)
+    p, y = cache.pred, cache.target
+    return dloss * cache.c * (-y / p + (1.0 - y) / (1.0 - p))
 
 
 def logistic_loss_forward(scores: Array, labels: Array, *,
-                          reduction: str = "mean") -> tuple[Array, ScaledCache]:
+                          reduction: str = "mean") -> tuple[Array, LossCache]:
     """L_i = sum_k log(1 + exp(-y_k s_k)) for labels y in {-1, +1} (stable softplus).
 
     Args:
@@ -213,12 +272,11 @@ def logistic_loss_forward(scores: Array, labels: Array, *,
     """
     check_shape("logistic_loss", "labels", labels, scores.shape)
     c = _batch_factor("logistic_loss", scores.shape[0], reduction)
-    margin = -labels * scores
-    local = -labels * jax.nn.sigmoid(margin)
-    return _reduce(_per_example_sum(jnp.logaddexp(margin, 0.0)), reduction), ScaledCache(local, c)
+    per = _per_example_sum(jnp.logaddexp(-labels * scores, 0.0))
+    return _reduce(per, reduction), LossCache(scores, labels, c)
 
 
-def logistic_loss_backward(dloss: Array, cache: ScaledCache) -> Array:
+def logistic_loss_backward(dloss: Array, cache: LossCache) -> Array:
     """ds = dloss * c * (-y * sigmoid(-y s)) (c = 1/N or 1).
 
     Args:
@@ -228,7 +286,8 @@ def logistic_loss_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dscores of the scores' shape.
     """
-    return _scaled_backward(dloss, cache)
+    s, y = cache.pred, cache.target
+    return dloss * cache.c * (-y * jax.nn.sigmoid(-y * s))
 
 
 def _class_targets(loss: str, name: str, scores: Array, labels: Array) -> Array:
@@ -243,8 +302,9 @@ def _class_targets(loss: str, name: str, scores: Array, labels: Array) -> Array:
     return (labels[:, None] == classes[None, :]).astype(scores.dtype)
 
 
-def softmax_cross_entropy_forward(logits: Array, labels: Array, *,
-                                  reduction: str = "mean") -> tuple[Array, ScaledCache]:
+def softmax_cross_entropy_forward(
+        logits: Array, labels: Array, *,
+        reduction: str = "mean") -> tuple[Array, SoftmaxCrossEntropyCache]:
     """L_i = -sum_k y_ik log softmax(z_i)_k (= -log softmax(z_i)_{y_i} for class labels).
 
     Args:
@@ -259,13 +319,13 @@ def softmax_cross_entropy_forward(logits: Array, labels: Array, *,
     y = _class_targets("softmax_cross_entropy", "logits", logits, labels)
     c = _batch_factor("softmax_cross_entropy", logits.shape[0], reduction)
     log_p, sm_cache = log_softmax_forward({}, logits, axis=-1)
-    local = sm_cache.probs * jnp.sum(y, axis=1, keepdims=True) - y
-    return _reduce(-jnp.sum(y * log_p, axis=1), reduction), ScaledCache(local, c)
+    per = -jnp.sum(y * log_p, axis=1)
+    return _reduce(per, reduction), SoftmaxCrossEntropyCache(sm_cache.probs, y, c)
 
 
-def softmax_cross_entropy_backward(dloss: Array, cache: ScaledCache) -> Array:
-    """dz = dloss * c * (p * sum_k y_k - y), with p = softmax(z); that is (p - y) when the
-    label rows sum to one (c = 1/N or 1).
+def softmax_cross_entropy_backward(dloss: Array, cache: SoftmaxCrossEntropyCache) -> Array:
+    """dz = dloss * c * (p * sum_k y_k - y), with p = softmax(z); that is the familiar
+    dloss * c * (p - y) when the label rows sum to one (c = 1/N or 1).
 
     Args:
       dloss: scalar upstream gradient.
@@ -274,11 +334,17 @@ def softmax_cross_entropy_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dlogits (N, K).
     """
-    return _scaled_backward(dloss, cache)
+    p, y = cache.probs, cache.y
+    return dloss * cache.c * (p * jnp.sum(y, axis=1, keepdims=True) - y)
+
+
+def _hinge_margins(scores: Array, y: Array, margin: Array | float) -> Array:
+    """(N, K) margins s_j - s_y + Delta (Delta itself at the correct class)."""
+    return scores - jnp.sum(scores * y, axis=1, keepdims=True) + margin
 
 
 def multiclass_hinge_forward(scores: Array, labels: Array, *, margin: float = 1.0,
-                             reduction: str = "mean") -> tuple[Array, ScaledCache]:
+                             reduction: str = "mean") -> tuple[Array, HingeCache]:
     """Multiclass SVM loss L_i = sum_{j != y_i} max(0, s_ij - s_iy_i + margin).
 
     Args:
@@ -294,14 +360,11 @@ def multiclass_hinge_forward(scores: Array, labels: Array, *, margin: float = 1.
         labels = jnp.argmax(labels, axis=-1)
     y = _class_targets("multiclass_hinge", "scores", scores, labels)
     c = _batch_factor("multiclass_hinge", scores.shape[0], reduction)
-    margins = scores - jnp.sum(scores * y, axis=1, keepdims=True) + margin
-    active = (margins > 0).astype(scores.dtype) * (1.0 - y)
-    local = active - y * jnp.sum(active, axis=1, keepdims=True)
-    per = jnp.sum(jnp.maximum(margins, 0.0) * (1.0 - y), axis=1)
-    return _reduce(per, reduction), ScaledCache(local, c)
+    per = jnp.sum(jnp.maximum(_hinge_margins(scores, y, margin), 0.0) * (1.0 - y), axis=1)
+    return _reduce(per, reduction), HingeCache(scores, y, margin, c)
 
 
-def multiclass_hinge_backward(dloss: Array, cache: ScaledCache) -> Array:
+def multiclass_hinge_backward(dloss: Array, cache: HingeCache) -> Array:
     """ds_j = dloss * c * [margin_j > 0] for j != y (strictly: no gradient at margin_j = 0),
     and ds_y = -dloss * c * (number of such j) (c = 1/N or 1).
 
@@ -312,4 +375,23 @@ def multiclass_hinge_backward(dloss: Array, cache: ScaledCache) -> Array:
     Returns:
       dscores (N, K).
     """
-    return _scaled_backward(dloss, cache)
+    y = cache.y
+    active = (_hinge_margins(cache.scores, y, cache.margin) > 0).astype(y.dtype) * (1.0 - y)
+    return dloss * cache.c * (active - y * jnp.sum(active, axis=1, keepdims=True))
+
+
+LOSS_RULES: dict[str, Rule] = {
+    "squared_error": Rule(squared_error_forward, squared_error_backward),
+    "mean_squared_error": Rule(mean_squared_error_forward, mean_squared_error_backward),
+    "binary_cross_entropy_with_logits": Rule(binary_cross_entropy_with_logits_forward,
+                                             binary_cross_entropy_with_logits_backward),
+    "binary_cross_entropy": Rule(binary_cross_entropy_forward, binary_cross_entropy_backward),
+    "logistic_loss": Rule(logistic_loss_forward, logistic_loss_backward),
+    "softmax_cross_entropy": Rule(softmax_cross_entropy_forward, softmax_cross_entropy_backward),
+    "multiclass_hinge": Rule(multiclass_hinge_forward, multiclass_hinge_backward),
+}
+"""Every loss of the reference path: name -> Rule(forward, backward)."""
+
+__all__ = ["LOSS_RULES", "REDUCTIONS", "LossCache", "SquaredErrorCache",
+           "SoftmaxCrossEntropyCache", "HingeCache",
+           *(f"{name}_{part}" for name in LOSS_RULES for part in ("forward", "backward"))]

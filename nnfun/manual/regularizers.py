@@ -9,24 +9,30 @@ Contract:
 
 Only weights (leaves under the dict key ``"w"``, `nnfun.spec.is_weight_path`) are penalised,
 biases not, unless ``include_biases=True``. ``batch_size`` is m of the lambda / (2 m)
-convention; regularisers that do not use it accept it for a uniform call.
+convention; regularisers that do not use it accept it for a uniform call. `REG_RULES` maps every
+regulariser name to its `Rule(forward, backward)`.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from nnfun.manual._checks import check_choice
+from nnfun.manual.layers import Rule
 from nnfun.spec import is_weight_path
 
 Array = jax.Array
 L2_CONVENTIONS = ("sum", "over_2m")
 
 
-class PenaltyCache(NamedTuple):
+@partial(jax.tree_util.register_dataclass, data_fields=["weights", "coef"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class PenaltyCache:
     """Cache of a penalty c * sum_w phi(w).
 
     Attributes:
@@ -119,3 +125,13 @@ def l1_backward(dout: Array, cache: PenaltyCache) -> Any:
       dparams with params' structure.
     """
     return jax.tree_util.tree_map(lambda w: dout * cache.coef * jnp.sign(w), cache.weights)
+
+
+REG_RULES: dict[str, Rule] = {
+    "l2": Rule(l2_forward, l2_backward),
+    "l1": Rule(l1_forward, l1_backward),
+}
+"""Every regulariser of the reference path: name -> Rule(forward, backward)."""
+
+__all__ = ["REG_RULES", "L2_CONVENTIONS", "PenaltyCache", "l2_forward", "l2_backward",
+           "l1_forward", "l1_backward"]

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "COMMANDS", "EXIT_USER_ERROR"]
 
@@ -47,61 +48,67 @@ def _tolerance(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nnfun", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"nnfun {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           parser_class=_Parser)
+def _overrides(p: argparse.ArgumentParser, metavar: str = "SECTION.KEY=VALUE",
+               help: str = "override a config value (repeatable)") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar,
+                   help=help)
 
+
+def _run_commands(sub: Any) -> None:
+    """train, resume, eval and plot: the commands that make or read a run folder."""
     t = sub.add_parser("train", help="train a model from a TOML config",
                        description="Train from a config; writes runs/<config>/<timestamp>/.")
     t.add_argument("config", help="path to a TOML config, e.g. configs/digits_mlp.toml")
-    t.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    _overrides(t)
     t.add_argument("--out", help="run folder (default: runs/<config name>/<timestamp>)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
     r = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint",
                        description="Continue an interrupted run from its newest readable "
                        "checkpoint, to exactly the parameters of an uninterrupted run.")
     r.add_argument("run_dir")
-    r.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="distributed.KEY=VALUE",
-                   help="override the [distributed] section (e.g. this process's process_id)")
+    _overrides(r, "distributed.KEY=VALUE",
+               "override the [distributed] section (e.g. this process's process_id)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
     e = sub.add_parser("eval", help="evaluate a run's best checkpoint on val and test data",
                        description="Evaluate a run's best (or latest) checkpoint on its "
                        "validation and test splits; writes eval.json.")
     e.add_argument("run_dir")
     e.add_argument("--which", choices=("best", "latest"), default="best")
-
     pl = sub.add_parser("plot", help="(re)draw a run's PNG plots from metrics.jsonl",
                         description="Redraw a run's PNG plots from its metrics.jsonl.")
     pl.add_argument("run_dir")
 
+
+def _check_commands(sub: Any) -> None:
+    """gradcheck and info: the commands that only read a config."""
     g = sub.add_parser("gradcheck", help="compare autodiff, manual and finite-difference "
                        "gradients on a config's model, loss and a batch of its data",
                        description="Compare the gradients of jax.grad, the hand-written "
                        "reference and finite differences on a config's model and a seeded "
                        "batch of its data; exit 1 when a tolerance fails.")
     g.add_argument("config")
-    g.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE")
+    _overrides(g)
     g.add_argument("--batch", type=_positive_int, default=8,
                    help="examples in the checked batch")
     g.add_argument("--tol", type=_tolerance, default=1e-6, help="relative tolerance")
     g.add_argument("--max-coords", type=_positive_int, default=512,
                    help="finite differences on all coordinates up to this many per leaf, "
                         "a random sample beyond")
-
     i = sub.add_parser("info", help="JAX version, backend, processes and devices; with a "
                        "config, its model's layers, output shapes and parameter counts",
                        description="Print nnfun's and JAX's versions, the backend, processes "
                        "and devices; given a config, also a summary of its model.")
     i.add_argument("config", nargs="?", help="a TOML config whose model to summarise")
-    i.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE")
+    _overrides(i)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nnfun", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"nnfun {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+    _run_commands(sub)
+    _check_commands(sub)
     return p
 
 

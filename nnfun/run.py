@@ -437,10 +437,8 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
         prep = _load_preprocessing(run_dir) if resume else None
         setup = prepare(config, prep_state=prep)  # every check before anything is written
         with _run_folder(run_dir, resume=resume):
-            if not resume and distributed.is_lead():
-                preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
-                (run_dir / "config.json").write_text(json.dumps(config.resolved(), indent=2))
-                (run_dir / "metrics.jsonl").write_text("")
+            if distributed.is_lead():
+                _write_run_files(run_dir, setup, resume=resume)
             return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
                                        stop_after_epochs=stop_after_epochs, out=out)
 
@@ -489,8 +487,25 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _load_preprocessing(run_dir: Path) -> dict:
+def _write_run_files(run_dir: Path, setup: RunSetup, *, resume: bool) -> None:
+    """config.json first (atomically: a folder with it is a run that `resume` can continue),
+    then the preprocessing and the metrics file, each only where it is missing."""
+    if not resume:
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(json.dumps(setup.config.resolved(), indent=2))
+        os.replace(tmp, run_dir / "config.json")
+    if not (run_dir / "preprocessing.npz").is_file():
+        preprocessing.save_preprocessor(setup.prep_state, run_dir / "preprocessing.npz")
+    if not (run_dir / "metrics.jsonl").is_file():
+        (run_dir / "metrics.jsonl").write_text("")
+
+
+def _load_preprocessing(run_dir: Path) -> dict | None:
+    """The run's fitted preprocessing; None when a kill came before it was written (it is
+    fitted again, the same way, from the same data)."""
     path = run_dir / "preprocessing.npz"
+    if not path.exists():
+        return None
     try:
         return preprocessing.load_preprocessor(path)
     except (OSError, ValueError, KeyError) as e:
@@ -559,7 +574,8 @@ def _restore(store: CheckpointStore, template: train.TrainState, run_dir: Path, 
     if first is not None:
         steps = [first] + [s for s in steps if s != first]
     if not steps:
-        raise UserError(f"{run_dir}: no checkpoint to resume from")
+        print("nnfun: no checkpoint was saved yet; starting from step 0", file=out)
+        return template
     for step in steps:
         try:
             state = store.restore(template, step=step)

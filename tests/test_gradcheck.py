@@ -157,3 +157,42 @@ def test_gradcheck_sets_highest_precision_only_inside():
     check_gradients(model.layers, LossSpec.make("squared_error"), params,
                     np.ones((2, 3)), np.zeros((2, 2)))
     assert jax.config.jax_default_matmul_precision == before
+
+
+def test_a_relu_on_its_kink_is_reported_as_a_kink_not_a_failure():
+    """A zero input row and a zero bias put every first-layer ReLU exactly on its kink: the
+    bias's finite differences are one-sided there (relu'(0) = 0 is one of the two slopes,
+    the central difference their mean). The report counts those coordinates as kinks and
+    still compares manual with autodiff on them."""
+    with jax.enable_x64(True):
+        model = sequential([layer("dense", features=3), layer("relu"),
+                            layer("dense", features=2)])
+        params = model.init(jax.random.PRNGKey(0), (4,), jnp.float64)
+        x = jnp.zeros((2, 4), jnp.float64)
+        report = check_gradients(model.layers, LossSpec.make("softmax_cross_entropy"), params, x,
+                                 jnp.array([0, 1]))
+    rows = {r.path: r for r in report.leaves}
+    assert rows["0.b"].kinks >= 1 and rows["0.b"].kinks + rows["0.b"].coords_checked == 3
+    assert rows["0.w"].kinks == 0 and rows["2.w"].kinks == 0
+    assert report.passed
+    assert f"kinks: {rows['0.b'].kinks} coordinate(s)" in str(report)
+
+
+def test_a_planted_wrong_backward_rule_fails_the_shipped_cnn_check(monkeypatch, capsys):
+    """`nnfun gradcheck` passes on the shipped digits CNN (whose zero border pixels put ReLUs on
+    their kinks) and fails once the reference's ReLU rule is wrong."""
+    from pathlib import Path
+
+    from nnfun.cli import main
+    from nnfun.manual import layers as ML
+
+    config = str(Path(__file__).parents[1] / "configs" / "digits_cnn.toml")
+    argv = ["gradcheck", config, "--max-coords", "24", "--set", "model.conv=[4, 4]",
+            "--set", "model.dense=[8]"]
+    assert main(argv) == 0, capsys.readouterr().out
+    assert "kinks:" in capsys.readouterr().out
+    relu = ML.RULES["relu"]
+    wrong = relu._replace(backward=lambda dout, cache: (0.5 * relu.backward(dout, cache)[0], {}))
+    monkeypatch.setitem(ML.RULES, "relu", wrong)
+    assert main(argv) == 1
+    assert "FAIL" in capsys.readouterr().out

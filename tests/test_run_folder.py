@@ -182,9 +182,10 @@ def test_twenty_kills_at_random_points_resume_bit_for_bit(tmp_path):
                          ["training.epochs=400", "training.eval_every=1"])
     rng = np.random.default_rng(0)
     run = tmp_path / "killed"
-    for i in range(20):
-        cmd = _train_cmd(run) if i == 0 else [sys.executable, "-m", "nnfun.cli", "resume",
-                                               str(run), "-q"]
+    for _ in range(20):
+        started = (run / "config.json").is_file()  # else the kill came before the run began
+        cmd = [sys.executable, "-m", "nnfun.cli", "resume", str(run), "-q"] if started \
+            else _train_cmd(run)
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(float(rng.uniform(4.0, 9.0)))
         if proc.poll() is None:

@@ -1,8 +1,11 @@
 """The lecture experiments in experiments/lectures/.
 
-Each experiment runs end to end in a subprocess (marked slow: `pytest -m slow`), writing its
-figure(s) and table into a temporary folder. Two fast tests import nothing heavy: the
-computational-graph experiment (the cheapest) prints lecture 000's and lecture 003's numbers,
+Every experiment runs end to end in a subprocess in smoke mode (``--smoke``: the same code at
+toy sizes, a few seconds each) in the default suite, writing its figure and table into a
+temporary folder; the full runs are marked slow (`pytest -m slow`). Both check that the
+script writes where it is told and nowhere else: ``git status --porcelain`` of the repository
+is the same before and after (no committed figure or result rewritten). The computational-graph
+experiment (which has no sizes to shrink) also prints lecture 000's and lecture 003's numbers,
 and the index (experiments/README.md) lists every experiment with a small committed figure.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +25,39 @@ LECTURES = ROOT / "experiments" / "lectures"
 EXPERIMENTS = sorted(p.stem for p in LECTURES.glob("*.py") if not p.name.startswith("_"))
 
 
-def run_experiment(name: str, out: Path, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(LECTURES / f"{name}.py"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def run_experiment(name: str, out: Path, timeout: float, *flags: str
+                   ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(LECTURES / f"{name}.py"), "--out", str(out),
+                           *flags], capture_output=True, text=True, timeout=timeout,
+                          check=False, cwd=ROOT)
 
 
-def test_there_is_one_experiment_per_lecture_point():
-    assert len(EXPERIMENTS) == 11, EXPERIMENTS
+def git_status() -> str | None:
+    """``git status --porcelain`` of the repository, or None outside a git checkout."""
+    if shutil.which("git") is None:
+        return None
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else None
 
 
-def test_backprop_graph_prints_the_lectures_numbers(tmp_path):
-    proc = run_experiment("backprop_graph", tmp_path, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def run_and_check(name: str, out: Path, timeout: float, *flags: str
+                  ) -> subprocess.CompletedProcess:
+    """Runs the experiment into `out`; checks its exit status, that it wrote its figure and
+    its table there, and that it left the repository's files as they were."""
+    before = git_status()
+    proc = run_experiment(name, out, timeout, *flags)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / f"{name}.png").stat().st_size > 0
+    table = json.loads((out / f"{name}.json").read_text())
+    assert table["experiment"] == name
+    assert table["smoke"] is ("--smoke" in flags)
+    assert table["runtime_s"] > 0
+    assert git_status() == before, "the experiment changed files of the repository"
+    return proc
+
+
+def check_backprop_graph_numbers(proc: subprocess.CompletedProcess, out: Path) -> None:
     assert "summary: f = -12, df/dx = -4, df/dy = -4, df/dz = 3" in proc.stdout
     assert ("summary: f = 0.73, dw = (-0.20, -0.39, 0.20), dx = (0.39, -0.59)"
             in proc.stdout)
@@ -41,9 +66,19 @@ def test_backprop_graph_prints_the_lectures_numbers(tmp_path):
     table = {name: (float(v), float(g)) for name, v, g in rows[:5]}
     assert table == {"x": (-2.0, -4.0), "y": (5.0, -4.0), "z": (-4.0, 3.0),
                      "q": (3.0, -4.0), "f": (-12.0, 1.0)}
-    numbers = json.loads((tmp_path / "backprop_graph.json").read_text())
+    numbers = json.loads((out / "backprop_graph.json").read_text())
     assert numbers["max_abs_difference_between_routes"] < 1e-12
-    assert (tmp_path / "backprop_graph.png").stat().st_size > 0
+
+
+def test_there_is_one_experiment_per_lecture_point():
+    assert len(EXPERIMENTS) == 11, EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_smoke_run_writes_only_into_out(name, tmp_path):
+    proc = run_and_check(name, tmp_path, 180, "--smoke")
+    if name == "backprop_graph":  # no sizes to shrink: the smoke run is the full run
+        check_backprop_graph_numbers(proc, tmp_path)
 
 
 def test_readme_indexes_every_experiment_with_a_small_figure():
@@ -58,9 +93,6 @@ def test_readme_indexes_every_experiment_with_a_small_figure():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_and_writes_figure_and_table(name, tmp_path):
-    proc = run_experiment(name, tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (tmp_path / f"{name}.png").stat().st_size > 0
-    table = json.loads((tmp_path / f"{name}.json").read_text())
-    assert table["experiment"] == name
-    assert table["runtime_s"] > 0
+    proc = run_and_check(name, tmp_path, 600)
+    if name == "backprop_graph":
+        check_backprop_graph_numbers(proc, tmp_path)

@@ -5,15 +5,20 @@ Runs every config below through the real command line, once per seed,
     nnfun train configs/<name>.toml --set training.seed=<s> --out <tmp> -q
 
 one run at a time, reads ``test_accuracy`` from the printed JSON summary, and writes
-``results.md`` and ``results.json`` next to this file. ``training.seed`` changes the
-initialisation, the shuffling, the dropout masks and which training examples are held out
-for validation; the test sets are fixed (digits: the second half; MNIST-1D: data_seed 42).
+``results.md`` and ``results.json`` into experiments/accuracy/out/ (git-ignored; --out to
+choose), rewritten after every config so that an interrupted run keeps the configs it
+finished. Only ``--update-results`` writes the committed copies next to this file.
+``training.seed`` changes the initialisation, the shuffling, the dropout masks and which
+training examples are held out for validation; the test sets are fixed (digits: the second
+half; MNIST-1D: data_seed 42).
 
 Usage (from the repository root):
 
     python experiments/accuracy/run_accuracy.py [--seeds 0 1 2] [--configs digits_mlp ...]
+    python experiments/accuracy/run_accuracy.py --seeds 0 --configs mnist1d_logreg  # ~15 s
+    python experiments/accuracy/run_accuracy.py --update-results  # rewrite results.md / .json
 
-Run folders go to experiments/accuracy/out/ (git-ignored) and are deleted unless --keep.
+Run folders go to experiments/accuracy/out/runs/ (git-ignored) and are deleted unless --keep.
 """
 
 from __future__ import annotations
@@ -105,8 +110,9 @@ def jax_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def write_results(rows: list[dict], seeds: list[int], meta: dict) -> None:
-    (HERE / "results.json").write_text(json.dumps({"meta": meta, "configs": rows}, indent=2)
+def write_results(rows: list[dict], seeds: list[int], meta: dict, dest: Path) -> None:
+    """Writes results.json and results.md into `dest`."""
+    (dest / "results.json").write_text(json.dumps({"meta": meta, "configs": rows}, indent=2)
                                        + "\n")
     lines = [
         "# Test accuracy of the shipped configs (issue 4)",
@@ -146,17 +152,35 @@ def write_results(rows: list[dict], seeds: list[int], meta: dict) -> None:
                          f"{fmt(run['val_accuracy'])} | {fmt(run['train_accuracy'])} | "
                          f"{run['wall_seconds']:.1f} | {run['train_seconds']:.1f} |")
     lines += ["", "References: " + "; ".join(f"{k}: {v}" for k, v in REFERENCE.items()) + "."]
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (dest / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--configs", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--keep", action="store_true", help="keep the run folders in out/")
+    p.add_argument("--keep", action="store_true", help="keep the run folders in out/runs/")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for results.md / results.json (default: "
+                        "experiments/accuracy/out, git-ignored; with --update-results: "
+                        "experiments/accuracy)")
+    p.add_argument("--update-results", action="store_true",
+                   help="rewrite the committed results.md / results.json next to this script")
     args = p.parse_args(argv)
-    out_root = HERE / "out"
-    out_root.mkdir(exist_ok=True)
+    dest = args.out or (HERE if args.update_results else HERE / "out")
+    dest.mkdir(parents=True, exist_ok=True)
+    out_root = HERE / "out" / "runs"
+    out_root.mkdir(parents=True, exist_ok=True)
+    seeds_arg = " ".join(map(str, args.seeds))
+    command = "python experiments/accuracy/run_accuracy.py"
+    if args.seeds != [0, 1, 2]:
+        command += f" --seeds {seeds_arg}"
+    if args.configs != list(TARGETS):
+        command += f" --configs {' '.join(args.configs)}"
+    meta = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "jax": jax_version(), "python": platform.python_version(), "command": command,
+            "seeds": args.seeds}
     rows = []
     for name in args.configs:
         runs = []
@@ -174,17 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                      "wall_seconds_mean": statistics.fmean(r["wall_seconds"] for r in runs),
                      "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
                      "runs": runs})
-    seeds_arg = " ".join(map(str, args.seeds))
-    command = "python experiments/accuracy/run_accuracy.py"
-    if args.seeds != [0, 1, 2]:
-        command += f" --seeds {seeds_arg}"
-    if args.configs != list(TARGETS):
-        command += f" --configs {' '.join(args.configs)}"
-    meta = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine(),
-            "jax": jax_version(), "python": platform.python_version(), "command": command,
-            "seeds": args.seeds}
-    write_results(rows, args.seeds, meta)
+        write_results(rows, args.seeds, meta, dest)  # after every config: partial results stay
+    print(f"wrote {dest / 'results.md'}")
     for r in rows:
         print(f"{r['config']:16s} mean {r['mean']:.4f} [{r['min']:.4f}, {r['max']:.4f}] "
               f"target {r['target']}: {'met' if r['met'] else 'NOT met'}")

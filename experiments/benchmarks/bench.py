@@ -1,9 +1,16 @@
 """Training-speed benchmark: nnfun against plain JAX, Flax Linen, Flax NNX, Equinox, Haiku and
 PyTorch eager, on the same models, data shapes and optimiser (Adam, lr 1e-3).
 
-    python experiments/benchmarks/bench.py            # full suite, < ~15 min on 2 cores
+    python experiments/benchmarks/bench.py            # full suite, < ~30 min on 2 cores
     python experiments/benchmarks/bench.py --quick    # 3 models, 3 rounds, no memory: ~3 min
     python experiments/benchmarks/bench.py --models lenet --variants nnfun-autodiff-loop,torch
+    python experiments/benchmarks/bench.py --update-results   # rewrite the committed results
+
+Output: results.json, results.md and results.png go to experiments/benchmarks/out/
+(git-ignored; --out to choose), rewritten after every model, so an interrupted run keeps the
+models it finished. Only --update-results writes the committed copies next to this file.
+Variants whose framework is not installed (flax, equinox, haiku, torch) are listed in one
+line at the start and skipped.
 
 Method (results.md points here):
 
@@ -19,16 +26,20 @@ Method (results.md points here):
   ``torch`` keeps OpenMP's default (spinning) wait policy, ``torch-passive`` sets
   OMP_WAIT_POLICY=PASSIVE, which on a loaded machine is often many times faster; the peer
   comparisons take the better of the two.
+- nnfun runs as ``nnfun train`` runs it (``training.fast_paths = true``, the default): the
+  step built with ``fast_paths=True``, `nnfun.train.make_train_epoch` with the dispatch named
+  in the variant, compiled with `nnfun.fast.compiler_options` of the model; "(auto)" marks the
+  dispatch `nnfun.fast.choose_dispatch` picks. One call of a nnfun variant is one epoch.
 - Diagnostic variants of nnfun's automatic choice: ``@lax`` forces its convolutions onto
-  lax.conv (the A/B of the CPU im2col switch in nnfun.layers, conv models only);
+  lax.conv (the A/B of `nnfun.fast.use_im2col`, the CPU im2col switch, conv models only);
   ``@xladefaults`` compiles with XLA's default options instead of
-  ``nnfun.train.compiler_options`` (every model's copy-insertion option, and the convolution
+  ``nnfun.fast.compiler_options`` (every model's copy-insertion option, and the convolution
   options of conv models, see xla_options.py); nnfun's variants sample the per-layer
   gradient-norm metric every min(10, steps) steps, as ``nnfun train`` does by default;
   ``@nonorms`` drops it (``grad_norm_every=0``) and ``@everystep`` measures it on every step
   (``grad_norm_every=1``). ``@patchpool`` runs the manual engine's automatic choice with its
   pools on im2col patches even where the windows tile the input (the A/B of the tiled
-  pooling in nnfun.manual._windows, pooled models only).
+  pooling in nnfun.manual.fast, pooled models only).
 - GEMM limit: a float32 (2048 x 2048) @ (2048 x 2048) matmul is timed in every round, between
   the variants, with NumPy and with XLA's jitted dot; a round's limit is the faster of the two
   (each its best of 3), and the limit is the median over rounds. (Under background load
@@ -36,8 +47,9 @@ Method (results.md points here):
   "% GEMM" = the model's analytic matmul/conv FLOPs per step (forward, weight gradients, input
   gradients except the first layer's) / median step time / that limit.
 - First step ("compile"): a variant's first call (trace + compile + one step; for a scanned
-  epoch one epoch) minus one steady call. In full mode it is measured in a fresh process per
-  variant (with the memory); in quick mode in the benchmark process after a warm-up.
+  epoch and for every nnfun variant one epoch) minus one steady call. In full mode it is
+  measured in a fresh process per variant (with the memory); in quick mode in the benchmark
+  process after a warm-up.
   A single fresh process varies by +-0.3 s here, so nnfun's automatic (autodiff) choice and its
   plain-JAX twin, which the targets compare, get `--cold-repeats` (3) processes each,
   interleaved, and report the median; the other variants get one.
@@ -107,7 +119,7 @@ MODELS = {
 }
 QUICK_MODELS = ("mlp", "mlp_small", "lenet")
 #: Scanned conv epochs with XLA's convolutions are the known trap (see
-#: nnfun.train.choose_dispatch); they are measured on the small CNNs, and on LeNet only when asked
+#: nnfun.fast.choose_dispatch); they are measured on the small CNNs, and on LeNet only when asked
 #: for with --variants. (The manual engine's scanned epoch has no convolution op; it is measured.)
 SLOW_ON = {"lenet": ("nnfun-autodiff-scan", "jax-scan")}
 
@@ -146,7 +158,7 @@ def make_data(model: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nnfun_auto_dispatch(model: str, engine: str = "autodiff") -> str:
-    from nnfun.train import choose_dispatch
+    from nnfun.fast import choose_dispatch
 
     ops, shape = MODELS[model][:2]
     return choose_dispatch(fw.nnfun_layers(ops, shape), "auto", engine)
@@ -289,18 +301,25 @@ def bench_model(model: str, variants: list[str], rounds: int, steps: int,
     x, y = make_data(model, steps)
     warm_up()
     runners, first, xla_temp = {}, {}, {}
-    for v in variants:
-        if v in fw.OWN_PROCESS:
-            runners[v] = w = Worker(model, v, steps)
-            first[v] = w.first
-        else:
-            r = fw.make_runner(v, ops, shape, batch, steps)
-            r.prepare(x, y)
-            r.build()
-            first[v] = first_call(r)
-            runners[v] = r
-            if hasattr(r, "xla_temp_mib") and "@" not in v:
-                xla_temp[v] = r.xla_temp_mib()
+    for v in list(variants):
+        try:
+            if v in fw.OWN_PROCESS:
+                runners[v] = w = Worker(model, v, steps)
+                first[v] = w.first
+            else:
+                r = fw.make_runner(v, ops, shape, batch, steps)
+                r.prepare(x, y)
+                r.build()
+                first[v] = first_call(r)
+                runners[v] = r
+                if hasattr(r, "xla_temp_mib") and "@" not in v:
+                    xla_temp[v] = r.xla_temp_mib()
+        except Exception as e:  # noqa: BLE001 - one broken peer must not lose the others
+            print(f"  {model}/{v} failed to build, skipped: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            variants = [u for u in variants if u != v]
+            runners.pop(v, None)
+            continue
         if log:
             print(f"  built {model}/{v}: first call {first[v]:.2f} s over steady", flush=True)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -509,7 +528,7 @@ def write_markdown(path: Path, meta: dict, results: dict) -> None:
         "of `--cold-repeats` interleaved fresh processes for nnfun's autodiff choice and its "
         "plain-JAX twin, one process for the others. `XLA temp` = the "
         "scratch memory of one compiled call (XLA memory analysis; nnfun and plain JAX). "
-        "`(auto)` marks the dispatch nnfun.train.choose_dispatch picks.", ""]
+        "`(auto)` marks the dispatch nnfun.fast.choose_dispatch picks.", ""]
     for m, rec in results.items():
         s = summarize(rec)
         base = max((s[j]["sps"] for j in ("jax-loop", "jax-scan") if j in s), default=None)
@@ -600,7 +619,11 @@ def main(argv: list[str] | None = None) -> None:
                         "(first step and memory are their medians; others get one)")
     p.add_argument("--mem", action=argparse.BooleanOptionalAction, default=None,
                    help="measure peak memory in subprocesses (default: on in full mode)")
-    p.add_argument("--out", default=str(HERE), help="folder for results.md/.png/.json")
+    p.add_argument("--out", default=None,
+                   help="folder for results.md/.png/.json (default: experiments/benchmarks/out, "
+                        "git-ignored; with --update-results: experiments/benchmarks)")
+    p.add_argument("--update-results", action="store_true",
+                   help="write the committed results.md/.png/.json next to this script")
     p.add_argument("--merge", action="store_true",
                    help="keep the other models of an existing results.json in --out and "
                         "replace only the models measured now")
@@ -609,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cold-child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.out = a.out or str(HERE if a.update_results else HERE / "out")
     if a.worker:
         return worker_main(*a.worker, a.steps)
     if a.cold_child:
@@ -623,9 +647,17 @@ def main(argv: list[str] | None = None) -> None:
     asked = a.variants.split(",") if a.variants else list(fw.VARIANTS)
     skipped = sorted({f"{v} (module {fw.VARIANTS[v]} not installed)" for v in asked
                       if not available(v)})
+    if skipped:
+        print(f"skipping {len(skipped)} variants whose framework is not installed: "
+              + ", ".join(skipped), flush=True)
     rounds = a.rounds or (3 if a.quick else 5)
     mem = (not a.quick) if a.mem is None else a.mem
-    results = {}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = (json.loads((out / "results.json").read_text())
+           if a.merge and (out / "results.json").exists() else None)
+    results: dict = {}
+    done: dict = {}
     for m in models:
         vs = [v for v in asked if available(v)]
         if not a.variants:
@@ -657,28 +689,39 @@ def main(argv: list[str] | None = None) -> None:
         for v, r in sorted(summarize(results[m]).items(), key=lambda kv: -kv[1]["sps"]):
             print(f"    {v:22s} {r['sps']:10,.0f} samples/s  {r['us']:9,.0f} us/step  "
                   f"{100 * r['gemm_frac']:4.0f}% GEMM  compile {r['compile']:.2f} s", flush=True)
+        # written after every model, so an interrupted run keeps what it measured
+        done = write_all(out, a, results, skipped, old, t0, load0)
+    for a_, b, c, d in targets(done):
+        print(f"{a_}: {b} ({c}) {d}")
+    print(f"wrote {out / 'results.md'} in {time.time() - t0:.0f} s")
+
+
+def write_all(out: Path, a: argparse.Namespace, results: dict, skipped: list[str],
+              old: dict | None, t0: float, load0: tuple[float, ...]) -> dict:
+    """Writes results.json, results.md and results.png into `out` for the models measured so
+    far (with --merge, plus the other models of the results.json found there at the start);
+    returns the results written."""
+    models = list(results)
+    skipped = list(skipped)
     for m in models:
         for v in SLOW_ON.get(m, ()):
             if not a.variants:
                 skipped.append(f"{m}/{v} (scanned conv epoch: the known trap; --variants to run)")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if a.merge and (out / "results.json").exists():
-        old = json.loads((out / "results.json").read_text())
+    if old is not None:
         skipped = sorted(set(skipped) | {s for s in old["meta"]["skipped"]
                                          if s.split("/")[0] not in models})
         results = {m: results.get(m, rec) for m, rec in old["results"].items()} | results
     meta = {"date": _now(),
             "machine": machine(), "versions": versions(), "mode": "quick" if a.quick else "full",
-            "rounds": rounds, "command": " ".join(["python", *sys.argv]),
+            "rounds": a.rounds or (3 if a.quick else 5),
+            "command": " ".join(["python", *sys.argv]),
             "wall_s": time.time() - t0, "skipped": skipped,
             "load_start": " ".join(f"{x:.1f}" for x in load0),
             "load_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_markdown(out / "results.md", meta, results)
     write_chart(out / "results.png", results)
-    print("\n".join(f"{a_}: {b} ({c}) {d}" for a_, b, c, d in targets(results)))
-    print(f"wrote {out / 'results.md'} in {time.time() - t0:.0f} s")
+    return results
 
 
 if __name__ == "__main__":

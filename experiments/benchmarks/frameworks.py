@@ -137,20 +137,22 @@ def nnfun_layers(ops: Sequence[tuple], in_shape: tuple[int, ...]) -> tuple:
 
 
 class NnfunRunner(_JaxData):
-    """nnfun.train: `make_step_body` with `make_epoch_fn` (scan) or `make_permuted_step` (loop),
-    as `nnfun train` runs them."""
+    """nnfun.train as `nnfun train` runs it (``training.fast_paths = true``, the default):
+    `make_step_body` with ``fast_paths=True``, driven by `make_train_epoch` with the given
+    dispatch ("scan": one compiled epoch; "loop": the epoch's batches gathered once, then one
+    jitted step per batch from Python) and `nnfun.fast.compiler_options` of the model. One
+    `call` is one epoch for either dispatch (`make_train_epoch` runs whole epochs)."""
 
     def __init__(self, *args: Any, engine: str, dispatch: str, option: str = "") -> None:
         super().__init__(*args)
         self.engine, self.dispatch, self.option = engine, dispatch, option
-        self.unit = self.steps if dispatch == "scan" else 1
+        self.unit = self.steps
 
     def build(self) -> None:
-        import jax
         import jax.numpy as jnp
         import optax
 
-        from nnfun import train
+        from nnfun import fast, train
         from nnfun.spec import LossSpec
 
         layers = self.layers = nnfun_layers(self.ops, self.in_shape)
@@ -158,60 +160,47 @@ class NnfunRunner(_JaxData):
         self.state = train.init_train_state(0, layers, self.in_shape, opt)
         # What `nnfun train` does by default: gradient norms sampled every min(10, steps) steps.
         every = {"nonorms": 0, "everystep": 1}.get(self.option, min(10, self.steps))
-        body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
-                                    engine=self.engine, grad_norm_every=every)
+        self.body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
+                                         engine=self.engine, grad_norm_every=every,
+                                         fast_paths=True)
+        # the A/B of nnfun's CPU compiler options: XLA's defaults
+        self.options = None if self.option == "xladefaults" else fast.compiler_options(layers)
+        self.fn = train.make_train_epoch(self.body, self.batch, dispatch=self.dispatch,
+                                         compiler_options=self.options)
         self.epoch_no = 0
-        dicts = (train.CPU_COMPILER_OPTIONS, train.CPU_CONV_COMPILER_OPTIONS)
-        shipped = [dict(d) for d in dicts]
-        if self.option == "xladefaults":  # the A/B of nnfun's CPU compiler options
-            for d in dicts:
-                d.clear()
-        try:
-            self.fn = (train.make_epoch_fn(body, self.batch, layers=layers)
-                       if self.dispatch == "scan"
-                       else train.make_permuted_step(body, layers=layers))
-        finally:
-            for d, kept in zip(dicts, shipped):
-                d.update(kept)
-        if self.dispatch != "scan":  # as `nnfun train` does: one jitted permutation per epoch
-            self.permutation = jax.jit(train.epoch_permutation, static_argnums=(2, 3))
-            self.idx = self.permutation(self.state.key, 0, self.x.shape[0], self.batch)
-            _block(self.idx)
-        self._jnp, self._jax = jnp, jax
-        if self.option == "lax":
-            self.fn = _patched(self.fn, "nnfun.layers", "_use_im2col", lambda *a: False)
+        self._jnp = jnp
+        if self.option == "lax":  # every convolution on lax.conv, never on im2col
+            self.fn = _patched(self.fn, "nnfun.fast", "use_im2col", lambda *a, **k: False)
         elif self.option == "patchpool":
-            self.fn = _patched(self.fn, "nnfun.manual._windows", "tiles", lambda g: False)
+            self.fn = _patched(self.fn, "nnfun.manual.fast", "tiles", lambda g: False)
 
     def xla_temp_mib(self) -> float:
-        """Scratch memory XLA allocates for one call (compiled memory analysis), MiB."""
+        """Scratch memory XLA allocates for one compiled call (compiled memory analysis), MiB:
+        the scanned epoch (`make_epoch_fn`) for the scan dispatch, one jitted step on one
+        batch for the loop."""
+        import jax
+
+        from nnfun import train
+
         if self.dispatch == "scan":
+            fn = train.make_epoch_fn(self.body, self.batch, compiler_options=self.options)
             args = (self.state, self.x, self.y, self._jnp.int32(0))
         else:
-            args = (self.state, self.x, self.y, self.idx)
-        return self.fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+            fn = jax.jit(self.body, compiler_options=self.options)
+            args = (self.state, self.batches[0])
+        return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
     def call(self) -> None:
-        if self.dispatch == "scan":
-            self.epoch_no += 1
-            self.state, _ = self.fn(self.state, self.x, self.y, self._jnp.int32(self.epoch_no))
-        else:
-            self.state, _ = self.fn(self.state, self.x, self.y, self.idx)
-        _block(self.state)
-
-    def epoch(self) -> None:
-        if self.dispatch == "scan":
-            return self.call()
-        self.epoch_no += 1  # a new permutation for every epoch, as `nnfun train` draws them
-        self.idx = self.permutation(self.state.key, self.epoch_no, self.x.shape[0], self.batch)
-        for _ in range(self.steps):
-            self.state, _ = self.fn(self.state, self.x, self.y, self.idx)
+        # a new permutation for every epoch, as `nnfun train` draws them
+        self.state, _ = self.fn(self.state, self.x, self.y, self.epoch_no)
+        self.epoch_no += 1
         _block(self.state)
 
 
 def _patched(fn: Any, module: str, name: str, value: Any) -> Any:
     """`fn` with ``module.name`` replaced by `value` while it runs. nnfun reads these names at
-    trace time, so only the first (tracing) call matters; the swap costs ~1 us per call."""
+    trace time, so only the first (tracing) call of each compiled function matters; the swap
+    costs ~1 us per call."""
     import importlib
 
     mod = importlib.import_module(module)
@@ -645,7 +634,7 @@ def make_runner(variant: str, ops: tuple, in_shape: tuple[int, ...], batch: int,
 
 #: variant family -> the modules its runner imports; the memory probe imports them before its
 #: baseline reading, so module code is not counted as training memory.
-PRELOAD = {"nnfun": ("jax", "optax", "nnfun.train", "nnfun.models", "nnfun.spec"),
+PRELOAD = {"nnfun": ("jax", "optax", "nnfun.fast", "nnfun.train", "nnfun.models", "nnfun.spec"),
            "jax": ("jax", "optax"), "linen": ("jax", "optax", "flax.linen", "flax.training"),
            "nnx": ("jax", "optax", "flax.nnx"), "equinox": ("jax", "optax", "equinox"),
            "haiku": ("jax", "optax", "haiku"), "torch": ("torch",)}
@@ -668,12 +657,13 @@ VARIANTS = {
     "torch-passive": "torch",
 }
 #: Diagnostic variants of nnfun's automatic choice: "@lax" forces its convolutions onto lax.conv
-#: (the A/B of the CPU im2col switch, conv models only); "@nonorms" drops the per-layer gradient
+#: (the A/B of `nnfun.fast.use_im2col`, the CPU im2col switch of the fast paths; conv models
+#: only); "@nonorms" drops the per-layer gradient
 #: norms (grad_norm_every=0) that the default samples every 10 steps, "@everystep" measures them
 #: on every step (grad_norm_every=1, the default before 2026-11-30); "@xladefaults" compiles with
-#: XLA's defaults instead of `nnfun.train.compiler_options` (the A/B of those options);
+#: XLA's defaults instead of `nnfun.fast.compiler_options` (the A/B of those options);
 #: "@patchpool" (manual engine) pools on im2col patches even where the windows tile the input
-#: (the A/B of the tiled pooling in nnfun.manual._windows, pooled models only).
+#: (the A/B of the tiled pooling in nnfun.manual.fast, pooled models only).
 CONV_AB = "@lax"
 PATCH_POOL = "@patchpool"
 XLA_DEFAULTS = "@xladefaults"

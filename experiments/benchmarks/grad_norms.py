@@ -1,13 +1,16 @@
 """What the per-layer gradient-norm metric costs a train step, side by side in one process.
 
     python experiments/benchmarks/grad_norms.py            # about 1.5 minutes on 2 cores
+    python experiments/benchmarks/grad_norms.py --rounds 1 --steps 10   # a quick check
 
 `nnfun.train.make_step_body(..., grad_norm_every=k)` measures the norms on every k-th step
 (k = 1: every step; k = 0: never); `nnfun train` samples every min(10, steps per epoch) steps.
-For each model this times the three settings on nnfun's own dispatch for it (a scanned epoch
-for MLPs, a Python loop of jitted steps for CNNs) in interleaved rounds and prints the median
-microseconds per step and the speed-up over measuring every step. Synthetic N(0, 1) inputs,
-Adam; the digits models are the shipped configs' (with their dropout).
+For each model this times the three settings as `nnfun train` runs them (fast paths on,
+`nnfun.fast.compiler_options`, `nnfun.train.make_train_epoch` with the dispatch
+`nnfun.fast.choose_dispatch` picks: a scanned epoch for MLPs, a Python loop of jitted steps
+for CNNs) in interleaved rounds and prints the median microseconds per step and the speed-up
+over measuring every step. Synthetic N(0, 1) inputs, Adam; the digits models are the shipped
+configs' (with their dropout). It prints its table and writes no file.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nnfun import train
+from nnfun import fast, train
 from nnfun.config import build_model, load_config
 from nnfun.models import mlp
 from nnfun.spec import LossSpec
@@ -52,25 +55,18 @@ def main() -> None:
         x = jnp.asarray(rng.normal(size=(n, *shape)), jnp.float32)
         y = jnp.asarray(rng.integers(0, 10, n))
         opt = optax.adam(1e-3)
-        dispatch = train.choose_dispatch(layers)
+        dispatch = fast.choose_dispatch(layers)
+        options = fast.compiler_options(layers)
         for every in EVERY:
             body = train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (), opt,
-                                        grad_norm_every=every)
+                                        grad_norm_every=every, fast_paths=True)
             state = train.init_train_state(0, layers, shape, opt)
-            if dispatch == "scan":
-                epoch = train.make_epoch_fn(body, batch)
+            epoch = train.make_train_epoch(body, batch, dispatch=dispatch,
+                                           compiler_options=options)
 
-                def run(s, epoch=epoch, x=x, y=y, e=[0]):  # noqa: B006 (a call counter)
-                    e[0] += 1
-                    return epoch(s, x, y, jnp.asarray(e[0]))[0]
-            else:
-                step = train.make_permuted_step(body)
-                perm = train.epoch_permutation(state.key, 0, n, batch)
-
-                def run(s, step=step, x=x, y=y, perm=perm):
-                    for _ in range(perm.shape[0]):
-                        s = step(s, x, y, perm)[0]
-                    return s
+            def run(s, epoch=epoch, x=x, y=y):
+                # the epoch that continues from s.step (one epoch = a.steps steps)
+                return epoch(s, x, y, int(s.step) // a.steps)[0]
             runs[(name, every)] = [run, jax.block_until_ready(run(state)), []]
         print(f"built {name} ({dispatch})", flush=True)
     for _ in range(a.rounds):

@@ -1,23 +1,28 @@
 """XLA:CPU's defaults against nnfun's CPU compiler options, side by side.
 
     python experiments/benchmarks/xla_options.py               # ~2 min on 2 cores
-    python experiments/benchmarks/xla_options.py --rounds 3 --models lenet
+    python experiments/benchmarks/xla_options.py --rounds 1 --models mlp_small   # ~30 s
+    python experiments/benchmarks/xla_options.py --update-results  # rewrite xla_options.md
 
 jax 0.10's XLA:CPU hands single dots, convolutions and reductions to the YNNPACK library by
-default. nnfun compiles the steps of models with convolutions with `CPU_CONV_COMPILER_OPTIONS`,
-which keep YNNPACK for single dots only, so convolutions run on XLA's own kernels, and every
-model's steps with `CPU_COMPILER_OPTIONS` (copy insertion that drops the per-step copies of the
-parameters). This measures XLA's defaults against all of them (`compiler_options(None)`),
-interleaved in the same rounds (medians, ms):
+default. With its fast paths on (``training.fast_paths = true``, the default of ``nnfun
+train``), nnfun compiles the steps of models with convolutions with
+`nnfun.fast.CPU_CONV_COMPILER_OPTIONS`, which keep YNNPACK for single dots only, so
+convolutions run on XLA's own kernels, and every model's steps with
+`nnfun.fast.CPU_COMPILER_OPTIONS` (copy insertion that drops the per-step copies of the
+parameters). This measures XLA's defaults against all of them
+(`nnfun.fast.compiler_options(None)`), interleaved in the same rounds (medians, ms):
 
-1. single convolutions of the benchmark models' shapes: forward plus the input and weight
+1. single convolutions of the benchmark models' shapes (`nnfun.layers.conv2d_apply` /
+   `conv1d_apply`, one `lax.conv_general_dilated` each): forward plus the input and weight
    gradients in one jitted call, compiled once with XLA's defaults and once with the options;
-2. nnfun's train step on the benchmark models (bench.py's MODELS, nnfun's automatic dispatch),
-   built once as bench.py's ``@xladefaults`` variant (XLA's defaults) and once with the options
-   (the conv options forced on the MLPs too, which nnfun itself leaves out there: this shows
-   why).
+2. nnfun's train epoch on the benchmark models (bench.py's MODELS and its nnfun runner: fast
+   paths on, nnfun's automatic dispatch), built once as bench.py's ``@xladefaults`` variant
+   (XLA's defaults) and once with the options (the conv options forced on the MLPs too, which
+   nnfun itself leaves out there: this shows why).
 
-Writes xla_options.md next to this file (--out to change).
+Writes xla_options.md into experiments/benchmarks/out/ (git-ignored; --out to choose), or
+over the committed copy next to this file with --update-results.
 """
 
 from __future__ import annotations
@@ -59,20 +64,23 @@ def conv_table(rounds: int) -> list[tuple[str, float, float]]:
     import jax
     import jax.numpy as jnp
 
-    from nnfun.layers import _conv_lax
-    from nnfun.train import compiler_options
+    from nnfun.fast import compiler_options
+    from nnfun.layers import conv1d_apply, conv2d_apply
 
     rows = []
     for name, (xs, ws) in CONVS.items():
         key = jax.random.PRNGKey(0)
         x, w = jax.random.normal(key, xs), jax.random.normal(key, ws) * 0.1
-        stride = (1,) * (len(xs) - 2)
+        apply = conv2d_apply if len(xs) == 4 else conv1d_apply
 
-        def fwd_and_grads(x, w, g, stride=stride):
-            y, back = jax.vjp(lambda x, w: _conv_lax(x, w, stride, "SAME"), x, w)
+        def conv(x, w, apply=apply):
+            return apply({"w": w}, x, padding="SAME")
+
+        def fwd_and_grads(x, w, g, conv=conv):
+            y, back = jax.vjp(conv, x, w)
             return y, back(g)
 
-        g = jnp.ones_like(_conv_lax(x, w, stride, "SAME"))
+        g = jnp.ones_like(conv(x, w))
         low = jax.jit(fwd_and_grads).lower(x, w, g)
         calls = {"defaults": low.compile(), "options": low.compile(
             compiler_options=compiler_options(None))}
@@ -93,7 +101,7 @@ def conv_table(rounds: int) -> list[tuple[str, float, float]]:
 
 
 def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]:
-    from nnfun import train
+    from nnfun import fast
 
     rows = []
     for m in models:
@@ -102,9 +110,9 @@ def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]
         data = bench.make_data(m, steps)
         variant = f"nnfun-autodiff-{bench.nnfun_auto_dispatch(m)}"
         runners = {}
-        chooser = train.compiler_options
+        chooser = fast.compiler_options
         # nnfun gives models without convolutions no conv options; forced here, to measure why.
-        train.compiler_options = lambda layers=None, backend=None, c=chooser: c(None, backend)
+        fast.compiler_options = lambda layers=None, backend=None, c=chooser: c(None, backend)
         try:
             for label, name in (("defaults", variant + fw.XLA_DEFAULTS), ("options", variant)):
                 r = fw.make_runner(name, ops, shape, batch, steps)
@@ -113,7 +121,7 @@ def step_table(models: list[str], rounds: int) -> list[tuple[str, float, float]]
                 bench.first_call(r)
                 runners[label] = r
         finally:
-            train.compiler_options = chooser
+            fast.compiler_options = chooser
         times = {k: [] for k in runners}
         for _ in range(rounds):
             for k in random.sample(list(runners), len(runners)):
@@ -129,11 +137,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--models", default=",".join(CONV_MODELS + OTHER_MODELS))
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "xla_options.md"))
+    p.add_argument("--out", default=None,
+                   help="the Markdown table to write (default: experiments/benchmarks/out/"
+                        "xla_options.md, git-ignored; with --update-results: the committed "
+                        "experiments/benchmarks/xla_options.md)")
+    p.add_argument("--update-results", action="store_true",
+                   help="rewrite the committed xla_options.md next to this script")
     a = p.parse_args(argv)
+    here = Path(__file__).resolve().parent
+    a.out = Path(a.out or (here if a.update_results else here / "out") / "xla_options.md")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     import jax
 
-    from nnfun.train import compiler_options
+    from nnfun.fast import compiler_options
 
     options = compiler_options()
     if jax.default_backend() != "cpu" or not options:

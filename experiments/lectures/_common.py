@@ -1,9 +1,19 @@
 """The I/O edge shared by the lecture experiments: arguments, tables, figures, a training loop.
 
 Every experiment in this folder is a script, ``python experiments/lectures/<name>.py [--out DIR]
-[--figures]``. It writes its PNG figure(s) and a ``<name>.json`` table of numbers into ``--out``
-(default ``experiments/lectures/out/<name>/``, git-ignored); ``--figures`` also copies the PNGs
-into ``experiments/lectures/figures/``, the committed copies the README links to.
+[--smoke] [--update-results]``. It writes its PNG figure(s) and a ``<name>.json`` table of
+numbers (several also a ``<name>.md`` table) into ``--out`` (default
+``experiments/lectures/out/<name>/``, git-ignored), and nothing else: only
+``--update-results`` (alias ``--figures``) also copies the PNGs into
+``experiments/lectures/figures/``, the committed copies the README links to.
+
+``--smoke`` runs the same code at toy sizes (a few steps or epochs, fewer seeds, panels or
+variants) so that each experiment finishes in seconds; its numbers mean nothing, its default
+output folder is ``experiments/lectures/out/smoke/<name>/``, and it cannot be combined with
+``--update-results``. An experiment picks its sizes with `sized` (full, smoke) at import time.
+At toy sizes XLA's compilation is most of the run time, so a smoke run also turns XLA's
+backend (LLVM) optimisation off (``--xla_backend_optimization_level=0`` added to
+``XLA_FLAGS``), which about halves it.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot (as
 `nnfun.plots` does), at 100 dpi, and written as 256-colour PNGs so that a committed figure stays
@@ -21,7 +31,9 @@ import argparse
 import functools
 import io
 import json
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,17 +57,40 @@ matplotlib.rcParams.update({"axes.titlesize": 9, "axes.labelsize": 8, "xtick.lab
 
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
-DPI = 100
+
+#: True when the script was started with ``--smoke`` (read at import, so that module-level
+#: sizes can depend on it; `parse_args` accepts the flag).
+SMOKE = "--smoke" in sys.argv[1:]
+if SMOKE:  # read when JAX starts its backend, which no experiment has done at import time
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
+
+
+def sized(full: Any, smoke: Any) -> Any:
+    """`full`, or `smoke` when the script runs with ``--smoke`` (the same code at toy sizes)."""
+    return smoke if SMOKE else full
+
+
+#: Figure resolution; a smoke run draws small, quick-to-render figures.
+DPI = sized(100, 30)
 
 
 def parse_args(name: str, doc: str | None) -> argparse.Namespace:
-    """``--out DIR`` (default ``experiments/lectures/out/<name>``) and ``--figures``."""
-    parser = argparse.ArgumentParser(prog=f"{name}.py", description=(doc or "").split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "out" / name,
+    """``--out DIR``, ``--smoke`` and ``--update-results`` (alias ``--figures``)."""
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=(doc or "").split("\n\n")[0],
+                                     allow_abbrev=False)
+    default_out = HERE / "out" / ("smoke" if SMOKE else "") / name
+    parser.add_argument("--out", type=Path, default=default_out,
                         help="folder for the figure(s) and the table (default: %(default)s)")
-    parser.add_argument("--figures", action="store_true",
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy sizes, finishes in seconds: checks that the script runs "
+                             "(its numbers mean nothing)")
+    parser.add_argument("--update-results", "--figures", dest="update_results",
+                        action="store_true",
                         help=f"also copy the PNGs into {FIGURES} (the committed figures)")
     args = parser.parse_args()
+    if args.smoke and args.update_results:
+        parser.error("--smoke results are not for committing: drop --update-results")
     args.out.mkdir(parents=True, exist_ok=True)
     args.name = name
     args.t0 = time.perf_counter()
@@ -80,7 +115,7 @@ def save_figure(fig: Figure, args: argparse.Namespace, stem: str | None = None) 
     buf.seek(0)
     # A 256-colour palette keeps a many-line plot well under 200 KB and looks the same.
     with Image.open(buf) as im:
-        im.convert("RGB").quantize(colors=256).save(path, format="png", optimize=True)
+        im.convert("RGB").quantize(colors=256).save(path, format="png", optimize=not SMOKE)
     print(f"wrote {path}")
     return path
 
@@ -104,7 +139,7 @@ def _plain(value: Any) -> Any:
 def save_table(args: argparse.Namespace, table: dict[str, Any]) -> Path:
     """Writes ``<out>/<name>.json`` with the experiment's numbers and its runtime."""
     path = args.out / f"{args.name}.json"
-    table = {"experiment": args.name, **table,
+    table = {"experiment": args.name, **table, "smoke": SMOKE,
              "runtime_s": round(time.perf_counter() - args.t0, 2)}
     path.write_text(json.dumps(_plain(table), indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
@@ -129,8 +164,8 @@ def save_markdown(args: argparse.Namespace, text: str) -> Path:
 
 
 def finish(args: argparse.Namespace, pngs: Sequence[Path]) -> None:
-    """Copies the PNGs into the committed figures folder when ``--figures`` was given."""
-    if args.figures:
+    """Copies the PNGs into the committed figures folder when ``--update-results`` was given."""
+    if args.update_results:
         FIGURES.mkdir(exist_ok=True)
         for p in pngs:
             shutil.copyfile(p, FIGURES / p.name)

@@ -17,18 +17,26 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from _common import figure, finish, parse_args, save_figure, save_table
+from _common import figure, finish, parse_args, save_figure, save_table, sized
 from matplotlib import colormaps
 
 from nnfun.data import load_dataset
 from nnfun.models import mlp, model_apply
 from nnfun.optim import make_optimizer
 from nnfun.spec import LossSpec
-from nnfun.train import init_train_state, layer_names, make_epoch_fn, make_eval_fn, make_step_body
+from nnfun.train import (
+    init_train_state,
+    make_epoch_fn,
+    make_eval_fn,
+    make_step_body,
+    param_layer_labels,
+)
 
-DEPTH, WIDTH, EPOCHS, BATCH, LR = 10, 64, 40, 64, 0.05
+DEPTH, WIDTH, EPOCHS = sized((10, 64, 40), (3, 16, 1))
+BATCH, LR = 64, 0.05
 RUNS = {"sigmoid": ("sigmoid", LR), "tanh": ("tanh", LR), "relu": ("relu", LR),
         "relu, lr x10": ("relu", 10 * LR)}
+RUNS = sized(RUNS, {k: RUNS[k] for k in ("relu, lr x10",)})
 LOSS = LossSpec.make("softmax_cross_entropy")
 
 
@@ -48,8 +56,7 @@ def train(name: str, activation: str, lr: float, ds) -> dict:
     state = init_train_state(0, model.layers, ds.input_shape, opt)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     dead0 = dead_fraction(model, state.params, x) if activation == "relu" else None
-    epoch_fn = make_epoch_fn(make_step_body(model.layers, LOSS, (), opt), BATCH,
-                             layers=model.layers)
+    epoch_fn = make_epoch_fn(make_step_body(model.layers, LOSS, (), opt), BATCH)
     norms, losses = [], []
     for e in range(EPOCHS):
         state, m = epoch_fn(state, x, y, jnp.asarray(e))
@@ -59,7 +66,7 @@ def train(name: str, activation: str, lr: float, ds) -> dict:
     acc = float(make_eval_fn(model.layers, LOSS, 10)(
         state.params, jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))["accuracy"])
     result = {"activation": activation, "lr": lr, "norms": norms, "losses": losses,
-              "test_accuracy": acc, "layer_names": layer_names(model.layers),
+              "test_accuracy": acc, "layer_names": param_layer_labels(model.layers),
               "grad_norm_at_init": norms[0], "grad_norm_last_epoch": norms[-len(m["loss"]):]
               .mean(0), "first_over_last_at_init": float(norms[0][0] / norms[0][-1])}
     if activation == "relu":
@@ -103,9 +110,9 @@ def main() -> None:
         ax.legend()
     ax = axes[1, 3]
     width = 0.2
-    for k, (name, key) in enumerate((("relu", "dead_at_init"), ("relu", "dead_after"),
-                                     ("relu, lr x10", "dead_at_init"),
-                                     ("relu, lr x10", "dead_after"))):
+    bars = [(name, key) for name in ("relu", "relu, lr x10") if name in results
+            for key in ("dead_at_init", "dead_after")]
+    for k, (name, key) in enumerate(bars):
         when = "init" if key == "dead_at_init" else "trained"
         ax.bar(np.arange(1, DEPTH) + (k - 1.5) * width, results[name][key], width,
                label=f"{name} ({when})")

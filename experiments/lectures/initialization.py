@@ -22,7 +22,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import figure, finish, parse_args, save_figure, save_table, stack_states, unstack
+from _common import (
+    figure,
+    finish,
+    parse_args,
+    save_figure,
+    save_table,
+    sized,
+    stack_states,
+    unstack,
+)
 
 from nnfun.data import load_dataset
 from nnfun.models import mlp
@@ -30,7 +39,8 @@ from nnfun.optim import make_optimizer
 from nnfun.spec import LossSpec
 from nnfun.train import init_train_state, make_epoch_fn, make_eval_fn, make_step_body
 
-HIDDEN, EPOCHS, BATCH, SEED = 16, 200, 32, 0
+HIDDEN, BATCH, SEED = 16, 32, 0
+EPOCHS = sized(200, 2)
 INITS = {"zeros": "zeros", "constant 0.5": {"name": "constant", "value": 0.5},
          "uniform eps=0.12": {"name": "uniform", "eps": 0.12},
          "Xavier normal": "xavier_normal", "He normal": "he_normal"}
@@ -63,7 +73,7 @@ def main() -> None:
     layers = next(iter(models.values())).layers  # the apply path ignores init arguments
     opt = make_optimizer("sgd", 0.5, momentum=0.9)
     states = stack_states([init_train_state(SEED, m.layers, (2,), opt) for m in models.values()])
-    epoch = jax.vmap(make_epoch_fn(make_step_body(layers, LOSS, (), opt), BATCH, layers=layers),
+    epoch = jax.vmap(make_epoch_fn(make_step_body(layers, LOSS, (), opt), BATCH),
                      in_axes=(0, None, None, None))
     evaluate = make_eval_fn(layers, LOSS, 3)
     names = list(INITS)

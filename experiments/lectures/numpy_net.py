@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import figure, finish, parse_args, run_steps, save_figure, save_table
+from _common import figure, finish, parse_args, run_steps, save_figure, save_table, sized
 
 from nnfun.models import layer, sequential
 from nnfun.optim import make_optimizer
@@ -27,7 +27,8 @@ from nnfun.spec import LossSpec
 from nnfun.train import init_train_state, make_step_body
 
 N, D_IN, H, D_OUT = 64, 1000, 100, 10
-T, CHUNK, LR = 500, 50, 1e-4
+T, CHUNK = sized((500, 50), (4, 2))
+LR = 1e-4
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, ...]:

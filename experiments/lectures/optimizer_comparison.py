@@ -21,6 +21,7 @@ from _common import (
     save_figure,
     save_markdown,
     save_table,
+    sized,
     train_epochs,
 )
 
@@ -30,10 +31,11 @@ from nnfun.optim import make_optimizer
 from nnfun.spec import LossSpec
 from nnfun.train import init_train_state, make_eval_fn, make_step_body
 
-EPOCHS, BATCH = 150, 32
+EPOCHS, BATCH = sized(150, 2), 32
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 OPTIMIZERS = {"SGD": ("sgd", {}), "SGD + momentum 0.9": ("sgd", {"momentum": 0.9}),
               "RMSProp": ("rmsprop", {}), "Adagrad": ("adagrad", {}), "Adam": ("adam", {})}
+OPTIMIZERS = sized(OPTIMIZERS, {"Adam": OPTIMIZERS["Adam"]})
 LOSS = LossSpec.make("softmax_cross_entropy")
 SHARED_LR = 1e-2
 

@@ -35,6 +35,7 @@ from _common import (
     save_figure,
     save_markdown,
     save_table,
+    sized,
 )
 
 from nnfun.layers import init_dense
@@ -66,8 +67,8 @@ def recurrent_by_gates(gates: int, n: int, h: int, extra_bias: bool = False) -> 
     def gate(k):
         k1, k2 = jax.random.split(k)
         return [init_dense(k1, n, h), init_dense(k2, h, h, bias=extra_bias)]
-    params = [gate(k) for k in jax.random.split(KEY, gates)] + [init_dense(KEY, h, 1)]
-    return param_count(jax.eval_shape(lambda: params))
+    return param_count(jax.eval_shape(  # shapes only: nothing is computed
+        lambda: [gate(k) for k in jax.random.split(KEY, gates)] + [init_dense(KEY, h, 1)]))
 
 
 def side_after(size: int, pool: bool) -> int:
@@ -134,7 +135,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['architecture']:<52}{r['parameters']:>10,}   {r['formula']}  "
               f"[{r['counted_by']}]")
-    sides = [16, 28, 32, 64, 128]
+    sides = sized([16, 28, 32, 64, 128], [16, 28])
     scaling = {s: rows_for(s, s) for s in sides}
 
     fig, axes = figure(1, 2, size=(5.0, 3.8))

@@ -32,6 +32,7 @@ from _common import (
     save_figure,
     save_markdown,
     save_table,
+    sized,
     train_epochs,
 )
 
@@ -44,7 +45,7 @@ from nnfun.train import init_train_state, make_eval_fn, make_step_body
 
 METHODS = ("none", "center", "standardize", "pca_whiten", "zca_whiten")
 LRS = (1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0)
-EPOCHS, BATCH = 40, 32
+EPOCHS, BATCH = sized(40, 2), 32
 LOSS = LossSpec.make("softmax_cross_entropy")
 
 

@@ -1,12 +1,14 @@
 """Data-parallel throughput on 1, 2 and 4 forced CPU devices (samples per second).
 
 Each measurement is a fresh subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-that trains an MLP with the unchanged `nnfun.train.make_epoch_fn` on arrays placed by
-`nnfun.distributed.Placement` (``mesh = "data"``: replicated state, batch split over devices;
-``"fsdp"``: parameters and Adam moments split too). "1 (no mesh)" is the plain one-device path
-(``distributed.enabled = false``). Rounds interleave the settings, so a change in machine load
-hits all of them alike. Each process reports its fastest timed epoch (the one least disturbed by
-other jobs on a shared machine); the table reports the median over rounds, and the range.
+that trains an MLP with the unchanged `nnfun.train.make_epoch_fn` (a scanned epoch; the step
+built as `nnfun train` builds it, with ``fast_paths=True`` and `nnfun.fast.compiler_options`)
+on arrays placed by `nnfun.distributed.Placement` (``mesh = "data"``: replicated state, batch
+split over devices; ``"fsdp"``: parameters and Adam moments split too). "1 (no mesh)" is the
+plain one-device path (``distributed.enabled = false``). Rounds interleave the settings, so a
+change in machine load hits all of them alike. Each process reports its fastest timed epoch
+(the one least disturbed by other jobs on a shared machine); the table reports the median over
+rounds, and the range.
 
 Forced host devices share the same CPU cores, so on a small machine this cannot speed up: it
 measures what the sharding costs (collectives, per-device dispatch), which is what grows with the
@@ -14,8 +16,13 @@ device count. On GPUs or TPU hosts the same code splits the work for real.
 
 Usage::
 
-    python experiments/scaling/bench_devices.py                 # writes results.md beside it
+    python experiments/scaling/bench_devices.py                 # ~5 min; writes out/results.md
+    python experiments/scaling/bench_devices.py --rounds 1 --epochs 1 --devices 2   # ~30 s
     python experiments/scaling/bench_devices.py --rounds 5 --devices 1 2 4 8
+    python experiments/scaling/bench_devices.py --update-results  # rewrite results.md beside it
+
+The table goes to experiments/scaling/out/results.md (git-ignored; --out to choose), rewritten
+after every round; only --update-results writes the committed results.md next to this file.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def child(mode: str, epochs: int) -> dict:
     import numpy as np
     import optax
 
-    from nnfun import distributed, train
+    from nnfun import distributed, fast, train
     from nnfun.models import mlp
     from nnfun.spec import LossSpec
 
@@ -58,8 +65,8 @@ def child(mode: str, epochs: int) -> dict:
     state = place.put_state(train.init_train_state(0, layers, (D,), opt))
     xs, ys = place.put_examples(jnp.asarray(x)), place.put_examples(jnp.asarray(y))
     body = place.step(train.make_step_body(layers, LossSpec.make("softmax_cross_entropy"), (),
-                                           opt), state)
-    run_epoch = train.make_epoch_fn(body, BATCH, layers=layers)
+                                           opt, fast_paths=True), state)
+    run_epoch = train.make_epoch_fn(body, BATCH, compiler_options=fast.compiler_options(layers))
     state, m = run_epoch(state, xs, ys, jnp.asarray(0))
     jax.block_until_ready(m)
     times = []
@@ -148,12 +155,19 @@ def main() -> None:
     p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5, help="timed epochs per measurement")
-    p.add_argument("--out", type=Path, default=HERE / "results.md")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the Markdown table to write (default: experiments/scaling/out/"
+                        "results.md, git-ignored; with --update-results: the committed "
+                        "experiments/scaling/results.md)")
+    p.add_argument("--update-results", action="store_true",
+                   help="rewrite the committed results.md next to this script")
     p.add_argument("--child", choices=("none", "data", "fsdp"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.epochs)))
         return
+    args.out = args.out or (HERE if args.update_results else HERE / "out") / "results.md"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
     results: dict[tuple[int, str], list[float]] = {s: [] for s in settings(args.devices)}
     for r in range(args.rounds):
@@ -163,9 +177,11 @@ def main() -> None:
             results[(n, mode)].append(res["samples_per_s"])
             print(f"round {r + 1}: {n} devices, {mode}: {res['samples_per_s']:,.0f} samples/s "
                   f"(loss {res['final_loss']:.4f})", file=sys.stderr)
-    text = report(results, args, (load0, os.getloadavg()[0]))
-    args.out.write_text(text)
+        # after every round, so an interrupted run keeps the rounds it finished
+        text = report(results, args, (load0, os.getloadavg()[0]))
+        args.out.write_text(text)
     print(text)
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -240,9 +240,23 @@ COMMANDS = {"train": _train, "resume": _resume, "eval": _eval, "plot": _plot,
             "gradcheck": _gradcheck, "info": _info}
 
 
+def _compilation_cache() -> None:
+    """Keeps compiled programs between runs in JAX's persistent cache: a second run of a
+    config skips most of its compilation. ``JAX_COMPILATION_CACHE_DIR`` picks the folder;
+    the default is ``$XDG_CACHE_HOME/nnfun/jax`` (``~/.cache/nnfun/jax``)."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+        jax.config.update("jax_compilation_cache_dir", os.path.join(base, "nnfun", "jax"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nnfun` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    _compilation_cache()
     from nnfun.config import ConfigError
     from nnfun.data import DataError
     from nnfun.run import RunError, UserError

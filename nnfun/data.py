@@ -1,7 +1,8 @@
 """Data sets as NumPy arrays with a fixed, seeded train / validation / test split.
 
-Contract: every loader in `DATASETS` takes keyword-only arguments, all with defaults, one of
-which is ``seed``, and returns a `Dataset`. The same arguments give the same arrays (all
+Contract: every loader in `DATASETS` takes keyword-only arguments, one of which is ``seed``,
+all with defaults except the one naming your own data (`load_npz`'s ``path``, `load_python`'s
+``loader``), and returns a `Dataset`. The same arguments give the same arrays (all
 randomness comes from ``np.random.default_rng(seed)``; global random state is never used or
 left changed). Inputs ``x_*`` are float32 and batch first, images NHWC with values in [0, 1];
 classification labels ``y_*`` are int32 of shape (N,), regression targets float32 of shape
@@ -42,6 +43,8 @@ __all__ = [
     "load_mnist",
     "load_mnist1d",
     "load_moons",
+    "load_npz",
+    "load_python",
     "load_or",
     "load_sine_regression",
     "load_spirals",
@@ -738,6 +741,109 @@ def load_cifar10(
 
 # --------------------------------------------------------------------------- registry
 
+# --------------------------------------------------------------------------- your own data
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def _stored_splits(archive: dict[str, np.ndarray], x_key: str,
+                   y_key: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """[(x, y)] for train, val, test when the file stores its own splits; None otherwise."""
+    if f"{x_key}_train" not in archive:
+        return None
+    out = []
+    for split in _SPLITS:
+        xk, yk = f"{x_key}_{split}", f"{y_key}_{split}"
+        if xk not in archive and split == "val":  # no validation split stored: an empty one
+            x_tr = archive[f"{x_key}_train"]
+            out.append((x_tr[:0], archive[f"{y_key}_train"][:0]))
+            continue
+        if xk not in archive or yk not in archive:
+            raise DataError(f"expected arrays {xk!r} and {yk!r} beside {x_key}_train, found "
+                            f"{sorted(archive)}")
+        out.append((archive[xk], archive[yk]))
+    return out
+
+
+def load_npz(*, path: str, x_key: str = "x", y_key: str = "y", task: str = "classification",
+             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Your own arrays from a NumPy ``.npz`` file (``np.savez(path, x=..., y=...)``).
+
+    The file holds either one set, ``x`` (N, ...) and ``y`` (N,) or (N, out), split here with
+    `seed` by the fractions, or its own splits ``x_train``, ``y_train``, ``x_test``, ``y_test``
+    (and optionally ``x_val``, ``y_val``), used as they are. Key names follow `x_key` and `y_key`.
+
+    Args:
+      path: the file; a relative path is read from the current directory.
+      task: "classification" (integer labels 0..K-1) or "regression" (float targets).
+
+    Returns:
+      `Dataset` named "npz"; inputs float32; for classification K = max label + 1.
+    """
+    if task not in ("classification", "regression"):
+        raise DataError(f"task: expected 'classification' or 'regression', found {task!r}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            archive = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, zlib.error) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    try:
+        parts = _stored_splits(archive, x_key, y_key)
+        if parts is None:
+            if x_key not in archive or y_key not in archive:
+                raise DataError(f"expected arrays {x_key!r} and {y_key!r} (or "
+                                f"{x_key}_train, ...), found {sorted(archive)}")
+            x, y = archive[x_key], archive[y_key]
+            if len(x) != len(y):
+                raise DataError(f"{x_key!r} has {len(x)} rows but {y_key!r} has {len(y)}")
+            s = _split3(x, y, np.random.default_rng(seed), val_fraction, test_fraction)
+            parts = [(s[0], s[1]), (s[2], s[3]), (s[4], s[5])]
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    flat = [a for xy in parts for a in xy]
+    if task == "regression":
+        return _regression("npz", *flat)
+    labels = np.concatenate([y for _, y in parts])
+    if labels.ndim != 1 or labels.size == 0 or not np.all(labels == np.round(labels)) \
+            or labels.min() < 0:
+        raise DataError(f"{path}: classification labels must be integers >= 0 of shape (N,); "
+                        f"use task = 'regression' for float targets")
+    return _classification("npz", int(labels.max()) + 1, *flat)
+
+
+def load_python(*, loader: str, arguments: dict | None = None, seed: int = 0) -> Dataset:
+    """A `Dataset` from your own Python function, named ``"module:function"``.
+
+    The module is imported from the current directory or the installed packages, so `nnfun
+    eval`, `resume` and `gradcheck` find it again from the config the run folder records. The
+    function is called with `arguments` as keyword arguments, and with ``seed`` when it takes
+    one, and must return a `Dataset`.
+    """
+    module_name, _, fn_name = loader.partition(":")
+    if not module_name or not fn_name:
+        raise DataError(f"loader: expected 'module:function', found {loader!r}")
+    import importlib
+    import sys
+
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"loader: cannot import {loader!r} ({e})") from None
+    kwargs = dict(arguments or {})
+    if "seed" in inspect.signature(fn).parameters:
+        kwargs["seed"] = seed
+    ds = fn(**kwargs)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"loader: {loader!r} returned {type(ds).__name__}, expected a "
+                        f"nnfun.data.Dataset")
+    return ds
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "xor": load_xor,
     "and": load_and,
@@ -753,6 +859,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
+    "npz": load_npz,
+    "python": load_python,
 }
 
 

@@ -115,33 +115,40 @@ def _path_name(path: tuple[Any, ...]) -> str:
 
 
 def _finite_differences(f: Any, params: Any, leaf_index: int, coords: np.ndarray,
-                        h: float) -> tuple[np.ndarray, np.ndarray]:
-    """(central differences, |forward - backward| one-sided differences) at `coords`."""
+                        h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At `coords` of one leaf: the central differences with step h, and how far apart the
+    forward and backward differences are with steps h and h / 2."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     shape = leaves[leaf_index].shape
 
-    def at(c: Array, sign: float) -> Array:
-        flat = leaves[leaf_index].ravel().at[c].add(sign * h)
+    def at(c: Array, step: float) -> Array:
+        flat = leaves[leaf_index].ravel().at[c].add(step)
         new = list(leaves)
         new[leaf_index] = flat.reshape(shape)
         return f(jax.tree_util.tree_unflatten(treedef, new))
 
     f0 = float(f(params))
-    plus, minus = jax.jit(jax.vmap(lambda c: (at(c, 1.0), at(c, -1.0))))(jnp.asarray(coords))
-    plus, minus = np.asarray(plus), np.asarray(minus)
-    return (plus - minus) / (2 * h), np.abs((plus - f0) - (f0 - minus)) / h
+    steps = (h, -h, h / 2, -h / 2)
+    values = jax.jit(jax.vmap(lambda c: tuple(at(c, s) for s in steps)))(jnp.asarray(coords))
+    plus, minus, plus2, minus2 = (np.asarray(v) for v in values)
+    jump = np.abs((plus - f0) - (f0 - minus)) / h
+    jump_half = np.abs((plus2 - f0) - (f0 - minus2)) / (h / 2)
+    return (plus - minus) / (2 * h), jump, jump_half
 
 
-def _kinks(analytic: np.ndarray, central: np.ndarray, jump: np.ndarray, tol: float,
-           noise: float) -> np.ndarray:
+def _kinks(analytic: np.ndarray, central: np.ndarray, jump: np.ndarray, jump_half: np.ndarray,
+           tol: float, noise: float) -> np.ndarray:
     """The coordinates whose finite difference misses `analytic` only because the objective
-    has a kink there: the one-sided differences are further apart than the miss. (At a kink
-    the central difference is their mean, the derivative one of them; on a smooth objective
-    they agree to h |f''|, so a real error is never explained away.)"""
+    has a kink there. At a kink the central difference is the mean of the one-sided slopes and
+    the derivative is one of them, so the slopes differ by at least the miss, and by the same
+    amount with half the step; on a smooth objective they differ by h |f''|, which halves with
+    the step, so a real error is never explained away. Slopes apart by less than 100 times the
+    round-off of a difference are not told from round-off."""
     miss = np.abs(central - analytic)
     scale = max(float(np.max(np.abs(analytic), initial=0.0)),
                 float(np.max(np.abs(central), initial=0.0)))
-    return (miss > max(tol * scale, noise)) & (jump >= miss)
+    return ((miss > max(tol * scale, noise)) & (jump >= miss) & (jump > 100 * noise)
+            & (jump_half > 0.75 * jump))
 
 
 def _directional(f: Any, params: Any, leaf_index: int, grad_leaf: Array, key: Array,
@@ -197,8 +204,9 @@ def check_gradients(layers: Sequence[LayerSpec], loss: LossSpec, params: Any, x:
         for i, ((path, leaf), a, m) in enumerate(zip(paths, ga, gm)):
             coords = (np.arange(leaf.size) if leaf.size <= max_coords
                       else rng.choice(leaf.size, max_coords, replace=False))
-            numeric, jump = _finite_differences(f, params, i, coords, h)
-            kink = _kinks(np.asarray(a).ravel()[coords], numeric, jump, tol_fd, fd_noise)
+            numeric, jump, jump_half = _finite_differences(f, params, i, coords, h)
+            kink = _kinks(np.asarray(a).ravel()[coords], numeric, jump, jump_half, tol_fd,
+                          fd_noise)
             abs_m, rel_m = relative_error(a, m)
             smooth = coords[~kink]  # finite differences mean nothing across a kink
             abs_fa, rel_fa = relative_error(np.asarray(a).ravel()[smooth], numeric[~kink])

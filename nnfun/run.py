@@ -443,30 +443,27 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
                                        stop_after_epochs=stop_after_epochs, out=out)
 
 
-_LOCK = ".nnfun.lock"
-
-
 def _check_run_folder(run_dir: Path, *, resume: bool) -> None:
     """A new run needs a new or empty folder (a path that is not a file); a resumed one its
     own. Reads only."""
     if run_dir.exists() and not run_dir.is_dir() or any(
             p.exists() and not p.is_dir() for p in run_dir.parents):
         raise UserError(f"{run_dir}: cannot use as a run folder: a file is in the way")
-    if not resume and run_dir.is_dir() and any(p.name != _LOCK for p in run_dir.iterdir()):
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir}: already holds a run; continue it with 'nnfun resume "
                         f"{run_dir}' or train into a new --out folder")
 
 
 @contextlib.contextmanager
 def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
-    """Holds the run folder for one run: one process at a time may write a folder (an
-    exclusive lock on ``.nnfun.lock``, taken by process 0), checked again under the lock."""
+    """Holds the run folder for one run: one process at a time may write a folder (process 0
+    locks it), and the checks are made again under the lock."""
     try:
         if distributed.is_lead():
             run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot use as a run folder: {e.strerror or e}") from None
-    with _locked(run_dir / _LOCK) if distributed.is_lead() else contextlib.nullcontext():
+    with _locked(run_dir) if distributed.is_lead() else contextlib.nullcontext():
         _check_run_folder(run_dir, resume=resume)
         if jax.process_count() > 1:  # every process has checked before anyone writes
             multihost_utils.sync_global_devices("nnfun: run folder checked")
@@ -474,17 +471,19 @@ def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
+def _locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive, non-blocking `flock` on the run folder itself (no lock file in it); the
+    kernel drops it when the process ends, however it ends."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{path.parent}: another nnfun process is writing this run "
+            raise UserError(f"{run_dir}: another nnfun process is writing this run "
                             f"folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_run_files(run_dir: Path, setup: RunSetup, *, resume: bool) -> None:

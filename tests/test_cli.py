@@ -64,12 +64,13 @@ def test_plot_info_and_help(tmp_path, capsys):
 
 def test_gradcheck_command(capsys):
     spirals = str(ROOT / "configs" / "spirals_manual.toml")
-    assert main(["gradcheck", spirals, "--set", "data.points_per_class=50", "--batch", "6"]) == 0
+    assert main(["gradcheck", spirals, "--set", "data.points_per_class=50"]) == 0
     out = capsys.readouterr().out
     assert "PASSED" in out and "0.w" in out
-    # an impossible tolerance must fail the check: the command can say no
-    assert main(["gradcheck", spirals, "--set", "data.points_per_class=50", "--tol", "0"]) == 1
-    assert "FAILED" in capsys.readouterr().out
+    # the spiral's centre x = 0 is in the batch: every first-layer ReLU sits on its kink, so
+    # the bias coordinates are reported as kinks (that the command can say no is
+    # tests/test_gradcheck.py::test_a_planted_wrong_backward_rule_fails_the_shipped_cnn_check)
+    assert "kinks: 100 coordinate(s)" in out
 
 
 def _bad(tmp_path, text: str) -> Path:
@@ -117,7 +118,7 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
         _assert_user_error(capsys, [cmd, str(tmp_path / "not_a_run")], "not_a_run")
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signame", [pytest.param("SIGINT", marks=pytest.mark.slow), "SIGTERM"])
 def test_a_stop_signal_saves_a_checkpoint(tmp_path, signame):
     """Ctrl-C, and SIGTERM as SLURM's scancel and time limit send it, stop at a step boundary:
     a checkpoint is saved, the resume command printed and the exit status is 130."""

@@ -106,7 +106,9 @@ def _env(**extra: str) -> dict[str, str]:
     """The test's environment without cluster variables (no auto-detected SLURM, MPI, K8s)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SLURM_", "OMPI_", "XLA_", "JAX_", "KUBERNETES_", "TPU_"))}
-    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **extra}
+    flags = " ".join(f for f in ("--xla_backend_optimization_level=0",  # as conftest.py
+                                 extra.pop("XLA_FLAGS", "")) if f)
+    return {**env, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "XLA_FLAGS": flags, **extra}
 
 
 def _free_port(start: int = 0) -> int:
@@ -338,6 +340,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_one_process_stops_every_process_at_the_same_step(
         work: dict[str, Any], tmp_path: Path) -> None:
     (tmp_path / "f32.toml").write_text(F32)

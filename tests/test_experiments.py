@@ -1,7 +1,7 @@
 """The lecture experiments in experiments/lectures/.
 
-Every experiment runs end to end in a subprocess in smoke mode (``--smoke``: the same code at
-toy sizes, a few seconds each) in the default suite, writing its figure and table into a
+Every experiment runs end to end in smoke mode (``--smoke``: the same code at toy sizes, a
+few seconds each) in the default suite, all in one subprocess, writing its figure and table into a
 temporary folder; the full runs are marked slow (`pytest -m slow`). Both check that the
 script writes where it is told and nowhere else: ``git status --porcelain`` of the repository
 is the same before and after (no committed figure or result rewritten). The computational-graph
@@ -74,10 +74,53 @@ def test_there_is_one_experiment_per_lecture_point():
     assert len(EXPERIMENTS) == 11, EXPERIMENTS
 
 
+#: Runs every lecture experiment's script as ``__main__`` in one Python process (each into
+#: its own folder), so the suite pays for starting Python, JAX and matplotlib once, not eleven
+#: times; a failing script is recorded and the next one still runs.
+SMOKE_ALL = """
+import runpy, sys, traceback
+from pathlib import Path
+lectures, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+sys.path.insert(0, str(lectures))
+failed = []
+for name in names:
+    sys.argv = [str(lectures / f"{name}.py"), "--out", str(out / name), "--smoke"]
+    print(f"=== {name}", flush=True)
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except BaseException as e:  # SystemExit included: a script that exits non-zero fails
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):
+            failed.append(name)
+            traceback.print_exc()
+print("FAILED:", " ".join(failed), flush=True)
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_every_experiment_smoke_run_writes_only_into_out(tmp_path):
+    before = git_status()
+    proc = subprocess.run([sys.executable, "-c", SMOKE_ALL, str(LECTURES), str(tmp_path),
+                           *EXPERIMENTS], capture_output=True, text=True, timeout=600,
+                          check=False, cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-4000:])
+    for name in EXPERIMENTS:
+        out = tmp_path / name
+        assert (out / f"{name}.png").stat().st_size > 0, name
+        table = json.loads((out / f"{name}.json").read_text())
+        assert table["experiment"] == name and table["smoke"] is True and table["runtime_s"] > 0
+    assert git_status() == before, "an experiment changed files of the repository"
+    # no sizes to shrink in the computational-graph experiment: its smoke run is the full run
+    graph = proc.stdout.split("=== backprop_graph")[1].split("===")[0]
+    check_backprop_graph_numbers(subprocess.CompletedProcess([], 0, graph, ""),
+                                 tmp_path / "backprop_graph")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_smoke_run_writes_only_into_out(name, tmp_path):
+def test_experiment_smoke_run_alone(name, tmp_path):
+    """Each script on its own, as a user starts it."""
     proc = run_and_check(name, tmp_path, 180, "--smoke")
-    if name == "backprop_graph":  # no sizes to shrink: the smoke run is the full run
+    if name == "backprop_graph":
         check_backprop_graph_numbers(proc, tmp_path)
 
 

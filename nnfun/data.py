@@ -24,7 +24,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -814,7 +814,8 @@ def load_npz(*, path: str, x_key: str = "x", y_key: str = "y", task: str = "clas
     return _classification("npz", int(labels.max()) + 1, *flat)
 
 
-def load_python(*, loader: str, arguments: dict | None = None, seed: int = 0) -> Dataset:
+def load_python(*, loader: str, arguments: dict[str, Any] | None = None,
+                seed: int = 0) -> Dataset:
     """A `Dataset` from your own Python function, named ``"module:function"``.
 
     The module is imported from the current directory or the installed packages, so `nnfun

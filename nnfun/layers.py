@@ -41,7 +41,7 @@ from nnfun import activations as _act
 from nnfun.initializers import get_initializer
 
 __all__ = [
-    "Layer", "LAYERS", "get_layer", "init_layer", "same_pads",
+    "Layer", "LAYERS", "get_layer", "register_layer", "init_layer", "same_pads",
     "init_dense", "dense_apply", "init_conv2d", "conv2d_apply", "init_conv1d", "conv1d_apply",
     "max_pool2d_apply", "avg_pool2d_apply", "max_pool1d_apply", "avg_pool1d_apply",
     "flatten_apply", "dropout_apply", "init_maxout", "maxout_apply",
@@ -464,6 +464,28 @@ LAYERS: dict[str, Layer] = {
     "softmax": Layer(softmax_apply, examples=(((3, 5), {}), ((2, 3, 4), {"axis": 1}))),
     "log_softmax": Layer(log_softmax_apply, examples=(((3, 5), {}), ((2, 3, 4), {"axis": 1}))),
 }
+
+
+def register_layer(name: str, layer: Layer, *, replace: bool = False) -> None:
+    """Adds your own layer to `LAYERS`, so `nnfun.models.layer`, `sequential` and configs
+    can name it. For the three-way gradient checks, also add its hand-written rule to
+    `nnfun.manual.layers.RULES` under the same name.
+
+    Args:
+      name: the name models and configs use.
+      layer: its `Layer`: ``apply(params, x, *, hyper...)`` and, with parameters,
+        ``init(key, in_shape, *, dtype, size...)``; `examples` for the three-way tests.
+      replace: allow replacing a layer of that name.
+
+    Raises:
+      ValueError: the name is taken (and not `replace`), or `layer` is not a `Layer`.
+    """
+    if not isinstance(layer, Layer):
+        raise ValueError(f"register_layer: expected a nnfun.layers.Layer, got "
+                         f"{type(layer).__name__}")
+    if name in LAYERS and not replace:
+        raise ValueError(f"register_layer: {name!r} is already a layer; pass replace=True")
+    LAYERS[name] = layer
 
 
 def get_layer(name: str) -> Layer:

@@ -46,6 +46,7 @@ from nnfun.spec import LossSpec, RegSpec
 
 __all__ = ["RunError", "UserError", "RunSetup", "RunRecorder", "default_run_dir", "prepare",
            "initial_state", "train_run", "resume_run", "eval_run", "load_run_config",
+           "restore_state",
            "gradcheck_config"]
 
 
@@ -418,12 +419,15 @@ class RunRecorder:
 
 
 def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resume: bool = False,
-              stop_after_epochs: int | None = None, out: Any = sys.stderr) -> dict[str, Any]:
+              stop_after_epochs: int | None = None, out: Any = sys.stderr,
+              inputs: Sequence[str] = ()) -> dict[str, Any]:
     """Trains `config` into `run_dir` and returns the summary (also written to summary.json).
 
     Args:
       resume: continue from the latest checkpoint in `run_dir`.
       stop_after_epochs: behave as if Ctrl-C were pressed after this many epochs (for tests).
+      inputs: names of files already in a new run folder that belong to the run (the arrays
+        `nnfun.fitting.fit` stores there); any other file there refuses a new run.
 
     Raises:
       UserError: the config does not fit the data (exit status 2 at the CLI).
@@ -432,30 +436,30 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
     """
     distributed.initialize(config.distributed, where=config.source)
     run_dir = distributed.agree_on_path(run_dir)
-    _check_run_folder(run_dir, resume=resume)
+    _check_run_folder(run_dir, resume=resume, inputs=inputs)
     with _precision(config.training.dtype):
         prep = _load_preprocessing(run_dir) if resume else None
         setup = prepare(config, prep_state=prep)  # every check before anything is written
-        with _run_folder(run_dir, resume=resume):
+        with _run_folder(run_dir, resume=resume, inputs=inputs):
             if distributed.is_lead():
                 _write_run_files(run_dir, setup, resume=resume)
             return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
                                        stop_after_epochs=stop_after_epochs, out=out)
 
 
-def _check_run_folder(run_dir: Path, *, resume: bool) -> None:
+def _check_run_folder(run_dir: Path, *, resume: bool, inputs: Sequence[str] = ()) -> None:
     """A new run needs a new or empty folder (a path that is not a file); a resumed one its
     own. Reads only."""
     if run_dir.exists() and not run_dir.is_dir() or any(
             p.exists() and not p.is_dir() for p in run_dir.parents):
         raise UserError(f"{run_dir}: cannot use as a run folder: a file is in the way")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+    if not resume and run_dir.is_dir() and any(p.name not in inputs for p in run_dir.iterdir()):
         raise UserError(f"{run_dir}: already holds a run; continue it with 'nnfun resume "
                         f"{run_dir}' or train into a new --out folder")
 
 
 @contextlib.contextmanager
-def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
+def _run_folder(run_dir: Path, *, resume: bool, inputs: Sequence[str]) -> Iterator[None]:
     """Holds the run folder for one run: one process at a time may write a folder (process 0
     locks it), and the checks are made again under the lock."""
     try:
@@ -464,7 +468,7 @@ def _run_folder(run_dir: Path, *, resume: bool) -> Iterator[None]:
     except OSError as e:
         raise UserError(f"{run_dir}: cannot use as a run folder: {e.strerror or e}") from None
     with _locked(run_dir) if distributed.is_lead() else contextlib.nullcontext():
-        _check_run_folder(run_dir, resume=resume)
+        _check_run_folder(run_dir, resume=resume, inputs=inputs)
         if jax.process_count() > 1:  # every process has checked before anyone writes
             multihost_utils.sync_global_devices("nnfun: run folder checked")
         yield
@@ -696,11 +700,7 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
     with _precision(config.training.dtype):
         setup = prepare(config, prep_state=preprocessing.load_preprocessor(
             run_dir / "preprocessing.npz"))
-        with CheckpointStore(run_dir / "checkpoints") as store:
-            if store.latest_step() is None:
-                raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint to evaluate")
-            best = store.best_step() if which == "best" else None
-            state = _restore(store, initial_state(setup), run_dir, sys.stderr, first=best)
+        state = restore_state(run_dir, setup, which=which)
         evaluate = train.make_eval_fn(setup.model.layers, setup.loss, setup.data.num_classes)
         ds = setup.data
         res = {"step": int(state.step),
@@ -710,6 +710,22 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
                            ds.y_test, "test")}
     (run_dir / "eval.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def restore_state(run_dir: str | Path, setup: RunSetup, *,
+                  which: str = "best") -> train.TrainState:
+    """A run's best (by validation metric; the latest where none was recorded) or latest
+    checkpoint, or the newest readable one before it, in `initial_state(setup)`'s structure.
+
+    Raises:
+      UserError: the run has no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    with CheckpointStore(run_dir / "checkpoints") as store:
+        if store.latest_step() is None:
+            raise UserError(f"{run_dir / 'checkpoints'}: no checkpoint to restore")
+        best = store.best_step() if which == "best" else None
+        return _restore(store, initial_state(setup), run_dir, sys.stderr, first=best)
 
 
 def gradcheck_config(path: str, overrides: Sequence[str] = (), *, batch: int = 8,

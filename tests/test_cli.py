@@ -194,3 +194,12 @@ def test_version_and_a_closed_pipe():
     proc.stdout.close()  # the reader went away, as `| head` does
     assert proc.wait(timeout=120) in (0, 1)
     assert b"Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_the_readme_main_job_reaches_its_target(tmp_path):
+    """README's first command, as written, at the config's default seed."""
+    p = _cli("train", "configs/digits_mlp.toml", "--out", str(tmp_path / "run"), "-q")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["reached_target"] is True and summary["test_accuracy"] >= 0.945

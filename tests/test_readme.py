@@ -52,7 +52,7 @@ def test_readme_is_for_users():
     for pattern in (r"xla_\w+", r"IM2COL|BIAS_OUTER|_MIN_ROWS|_MAX_BYTES",
                     r"\d(\.\d+)?x (faster|slower)", r"\bA/B\b"):
         assert not re.search(pattern, README), pattern
-    assert len(README.splitlines()) <= 250
+    assert len(README.splitlines()) <= 300  # a guide: long material lives in experiments/
 
 
 def _nnfun_imports(module: str) -> set[str]:

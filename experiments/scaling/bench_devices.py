@@ -144,7 +144,7 @@ def report(results: dict, args: argparse.Namespace, load: tuple[float, float]) -
         "out ahead here.",
         "",
         "GPU figures still missing: no GPU was available for this run. To add them, run the same "
-        "script's workload on one and on several GPUs (see README_section.md).",
+        "script's workload on one and on several GPUs (see README.md).",
         "",
     ]
     return "\n".join(lines)

@@ -539,7 +539,9 @@ def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: 
     with _StopFlag() as stop, contextlib.closing(bar):
         for epoch in range(start_epoch, tc.epochs):
             # forward, backward and update: one shuffled epoch
-            state, metrics = train_epoch(state, x_train, y_train, epoch,
+            done = int(state.step) - epoch * setup.steps_per_epoch if epoch == start_epoch \
+                else 0  # known after the first epoch: no wait for the device
+            state, metrics = train_epoch(state, x_train, y_train, epoch, done=done,
                                          should_stop=(lambda: stop.requested) if single else None)
             recorder.add_epoch(epoch, state, metrics)
             # the engine cross-check on the epoch's first batch, when a multiple of its step
@@ -552,7 +554,7 @@ def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: 
             # termination: Ctrl-C (agreed by every process) or the test hook
             if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs:
                 stop.requested = True
-            if stop.agreed() and epoch + 1 < tc.epochs:
+            if stop.agreed() and int(state.step) < tc.epochs * setup.steps_per_epoch:
                 _interrupted(recorder, state, run_dir, out)
     return finish(setup, run_dir, state.params, evaluate, recorder, dispatch)
 

@@ -220,7 +220,9 @@ def make_train_epoch(step_body: Callable[[TrainState, Batch], tuple], batch_size
 
     The returned function also runs a partial epoch (a run resumed from a mid-epoch
     checkpoint) step by step, and with the loop dispatch it returns early, after the step at
-    which ``should_stop()`` first returns True.
+    which ``should_stop()`` first returns True. ``done``, the number of this epoch's steps
+    already taken, is read from ``state.step`` when not given; giving it (0 for a fresh epoch)
+    lets the next epoch be dispatched before the previous one has finished.
     """
     if dispatch not in ("scan", "loop"):
         raise ValueError(f"dispatch: expected 'scan' or 'loop', got {dispatch!r}")
@@ -233,9 +235,11 @@ def make_train_epoch(step_body: Callable[[TrainState, Batch], tuple], batch_size
         (xb, yb))), donate_argnums=(0,))
 
     def train_epoch(state: TrainState, x: Array, y: Array, epoch: int,
-                    should_stop: Callable[[], bool] | None = None) -> tuple:
+                    should_stop: Callable[[], bool] | None = None, *,
+                    done: int | None = None) -> tuple:
         steps = x.shape[0] // batch_size
-        done = int(state.step) - epoch * steps
+        if done is None:  # steps of this epoch already taken; reading them waits for `state`
+            done = int(state.step) - epoch * steps
         if dispatch == "scan" and done == 0:
             return scan_epoch(state, x, y, jnp.asarray(epoch))
         xb, yb = batches(state.key, x, y, jnp.asarray(epoch), batch_size)

@@ -542,7 +542,7 @@ def read_idx(path: str | Path, *, expected_magic: int | None = None) -> np.ndarr
         raise DataError(f"{path}: truncated header, {len(raw)} bytes, expected {header}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: no int64 wrap
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "trailing bytes"
         raise DataError(f"{path}: {what}, header says shape {shape} ({expected} bytes), "

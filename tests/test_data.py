@@ -471,3 +471,14 @@ def test_cifar_missing_folder_and_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         data.load_cifar10(tmp_path, val_size=2)
     assert "test_batch.bin not found" in _error_message(excinfo)
+
+
+def test_an_idx_header_whose_sizes_overflow_int64_is_one_line(tmp_path) -> None:
+    """Four sizes of 2**16 multiply to 2**64, which wraps to 0 in int64: the size check must
+    still see that the file holds no such array."""
+    from nnfun.data import read_idx
+
+    path = tmp_path / "huge-idx4-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 4]) + (2**16).to_bytes(4, "big") * 4)
+    with pytest.raises(DataError, match="truncated, header says shape"):
+        read_idx(path)

@@ -1,66 +1,17 @@
-"""Argument checks shared by the reference path; every error names the culprit."""
+"""The argument checks of the reference path: those of `nnfun._checks`, which both paths share
+(checks are not gradient math, so a user's mistake reads the same whichever engine runs)."""
 
-from __future__ import annotations
+from nnfun._checks import (
+    check_choice,
+    check_dim,
+    check_keys,
+    check_ndim,
+    check_no_params,
+    check_padding,
+    check_positive,
+    check_shape,
+    int_tuple,
+)
 
-import operator
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import jax
-
-Array = jax.Array
-
-
-def check_ndim(layer: str, name: str, a: Array, ndim: int, layout: str) -> None:
-    """Raises ValueError unless `a` has `ndim` dimensions (`layout` describes them)."""
-    if a.ndim != ndim:
-        raise ValueError(f"{layer}: {name} must have shape {layout}, got shape {tuple(a.shape)}")
-
-
-def check_dim(layer: str, name: str, a: Array, axis: int, size: int, what: str) -> None:
-    """Raises ValueError unless ``a.shape[axis] == size`` (`what` says where `size` comes from)."""
-    if a.shape[axis] != size:
-        raise ValueError(f"{layer}: {name} has size {a.shape[axis]} on axis {axis} (shape "
-                         f"{tuple(a.shape)}), but {what} is {size}")
-
-
-def check_shape(layer: str, name: str, a: Array, shape: tuple[int, ...]) -> None:
-    """Raises ValueError unless `a` has exactly `shape`."""
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{layer}: {name} must have shape {tuple(shape)}, "
-                         f"got shape {tuple(a.shape)}")
-
-
-def check_keys(layer: str, params: Mapping[str, Any], required: set[str],
-               optional: set[str] = frozenset()) -> None:
-    """Raises ValueError unless `params` is a dict holding `required` and only known keys."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{layer}: params must be a dict, got {type(params).__name__}")
-    keys = set(params)
-    if not required <= keys or not keys <= required | optional:
-        raise ValueError(f"{layer}: params must have keys {sorted(required)} (optionally "
-                         f"{sorted(optional)}), got {sorted(keys)}")
-
-
-def check_no_params(layer: str, params: Mapping[str, Any]) -> None:
-    """Raises ValueError unless `params` is the empty dict of a parameterless layer."""
-    check_keys(layer, params, set())
-
-
-def int_tuple(layer: str, name: str, value: int | Sequence[int], n: int) -> tuple[int, ...]:
-    """`value` (an int, or `n` ints) as a tuple of `n` positive ints; ValueError otherwise."""
-    try:
-        t = (operator.index(value),) * n if not isinstance(value, Sequence) else tuple(
-            operator.index(v) for v in value)
-    except TypeError:
-        t = ()
-    if len(t) != n or min(t) < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int or {n} positive ints, "
-                         f"got {value!r}")
-    return t
-
-
-def check_choice(layer: str, name: str, value: Any, choices: Sequence[Any]) -> None:
-    """Raises ValueError unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"{layer}: {name} must be one of {list(choices)}, got {value!r}")
+__all__ = ["check_choice", "check_dim", "check_keys", "check_ndim", "check_no_params",
+           "check_padding", "check_positive", "check_shape", "int_tuple"]

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from nnfun import _checks
 from nnfun import activations as _act
+from nnfun import recurrent as _rec
 from nnfun.initializers import get_initializer
 
 __all__ = [
@@ -519,3 +520,55 @@ def init_layer(layer: Layer, key: Array, in_shape: tuple[int, ...], *, dtype: An
     out = jax.eval_shape(lambda p, v: layer.apply(p, v, **extra, **(apply_kwargs or {})),
                          params, x)
     return tuple(out.shape[1:]), params
+
+
+# --------------------------------------------------------------------------- recurrent layers
+# Sequences (N, T, D), batch first; the layers themselves live in `nnfun.recurrent`.
+
+init_rnn, rnn_apply = _rec.init_rnn, _rec.rnn_apply
+init_lstm, lstm_apply = _rec.init_lstm, _rec.lstm_apply
+init_gru, gru_apply = _rec.init_gru, _rec.gru_apply
+reshape_apply, gaussian_noise_apply = _rec.reshape_apply, _rec.gaussian_noise_apply
+
+
+def _rnn_init(key: Array, in_shape: tuple[int, ...], *, features: int,
+              w_init: InitSpec = "xavier_uniform", h_init: InitSpec = "orthogonal",
+              b_init: InitSpec = "zeros", dtype: Any = jnp.float32) -> Params:
+    return init_rnn(key, _rec.sequence_features(in_shape, "rnn"), features, w_init=w_init,
+                    h_init=h_init, b_init=b_init, dtype=dtype)
+
+
+def _lstm_init(key: Array, in_shape: tuple[int, ...], *, features: int, forget_bias: float = 1.0,
+               w_init: InitSpec = "xavier_uniform", h_init: InitSpec = "orthogonal",
+               b_init: InitSpec = "zeros", dtype: Any = jnp.float32) -> Params:
+    return init_lstm(key, _rec.sequence_features(in_shape, "lstm"), features,
+                     forget_bias=forget_bias, w_init=w_init, h_init=h_init, b_init=b_init,
+                     dtype=dtype)
+
+
+def _gru_init(key: Array, in_shape: tuple[int, ...], *, features: int,
+              w_init: InitSpec = "xavier_uniform", h_init: InitSpec = "orthogonal",
+              b_init: InitSpec = "zeros", dtype: Any = jnp.float32) -> Params:
+    return init_gru(key, _rec.sequence_features(in_shape, "gru"), features, w_init=w_init,
+                    h_init=h_init, b_init=b_init, dtype=dtype)
+
+
+def _sequence_examples(**extra: Any) -> tuple[Example, ...]:
+    """Three-way test cases of a recurrent layer: T from 1 to 4, D and H of 2 or 3, both
+    return_sequences values."""
+    return (((2, 3, 2), {"features": 3, **extra}),
+            ((3, 2, 3), {"features": 2, "return_sequences": True, **extra}))
+
+
+register_layer("rnn", Layer(rnn_apply, _rnn_init, examples=_sequence_examples()))
+register_layer("lstm", Layer(lstm_apply, _lstm_init, examples=(
+    ((2, 3, 2), {"features": 3}),
+    ((3, 2, 3), {"features": 2, "return_sequences": True, "forget_bias": 0.0}))))
+register_layer("gru", Layer(gru_apply, _gru_init, examples=_sequence_examples()))
+register_layer("reshape", Layer(reshape_apply, examples=(
+    ((2, 6), {"shape": (3, 2)}), ((3, 4, 2), {"shape": (-1,)}))))
+register_layer("gaussian_noise", Layer(gaussian_noise_apply, stochastic=True, examples=(
+    ((2, 3, 2), {"stddev": 0.5}),)))
+
+__all__ += ["init_rnn", "rnn_apply", "init_lstm", "lstm_apply", "init_gru", "gru_apply",
+            "reshape_apply", "gaussian_noise_apply"]

@@ -28,6 +28,7 @@ from nnfun.manual import activations as MA
 from nnfun.manual import layers as ML
 from nnfun.manual import losses as MLoss
 from nnfun.manual import model as MM
+from nnfun.manual import recurrent as MRec
 from nnfun.manual import regularizers as MR
 from nnfun.spec import LayerSpec, LossSpec, RegSpec
 
@@ -102,7 +103,7 @@ def test_reference_never_calls_the_autodiff_paths_primitives():
 def test_rule_tables_pair_each_name_with_its_functions():
     """RULES, LOSS_RULES and REG_RULES hold exactly the module's <name>_forward/_backward pairs
     (activations re-exported as layers), and the model lists their names."""
-    for module, table, homes in ((ML, ML.RULES, {ML.__name__, MA.__name__}),
+    for module, table, homes in ((ML, ML.RULES, {ML.__name__, MA.__name__, MRec.__name__}),
                                  (MLoss, MLoss.LOSS_RULES, {MLoss.__name__}),
                                  (MR, MR.REG_RULES, {MR.__name__})):
         stems = {n[: -len("_forward")] for n, f in vars(module).items()

@@ -75,6 +75,18 @@ from nnfun.manual.activations import (  # re-exported: activations are layers
     tanh_backward,
     tanh_forward,
 )
+from nnfun.manual.recurrent import (
+    gaussian_noise_backward,
+    gaussian_noise_forward,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    reshape_backward,
+    reshape_forward,
+    rnn_backward,
+    rnn_forward,
+)
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -661,6 +673,11 @@ RULES: dict[str, Rule] = {
     "softplus": Rule(softplus_forward, softplus_backward),
     "softmax": Rule(softmax_forward, softmax_backward),
     "log_softmax": Rule(log_softmax_forward, log_softmax_backward),
+    "rnn": Rule(rnn_forward, rnn_backward),
+    "lstm": Rule(lstm_forward, lstm_backward),
+    "gru": Rule(gru_forward, gru_backward),
+    "reshape": Rule(reshape_forward, reshape_backward),
+    "gaussian_noise": Rule(gaussian_noise_forward, gaussian_noise_backward),
 }
 """Every layer and activation of the reference path: name -> Rule(forward, backward)."""
 

@@ -119,7 +119,8 @@ def line_plot(
         ax.plot(x, _finite_or_nan(y), label=label, color=color, marker=marker)
     if logy:
         ax.set_yscale("log")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3, which="both" if logy else "major")
     if series:
         ax.legend(fontsize="small", ncol=1 + len(series) // 8)
@@ -167,14 +168,14 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None) -> list[
         series = {label: s for label, s in series.items() if s[0]}
         if series:
             logy = log_if_positive and _all_positive(series)
-            title = f"{stem.replace('_', ' ')} ({name})"
+            title = f"{stem.replace('_', ' ')}\n{name}"  # the run on its own line: never cut
             path = out / f"{stem}.png"
             written.append(
                 line_plot(path, series, title=title, xlabel="step", ylabel=ylabel, logy=logy)
             )
     grads = _grad_norm_series(records)
     if grads:
-        title = f"gradient norm per layer ({name})"
+        title = f"gradient norm per layer\n{name}"
         written.append(
             line_plot(
                 out / "grad_norms.png",
@@ -196,11 +197,14 @@ def _series(records: list[dict[str, Any]], key: str) -> Series:
 
 
 def _grad_norm_series(records: list[dict[str, Any]]) -> dict[str, Series]:
-    """Layer name -> (steps, norms), layers in order of first appearance."""
+    """Legend label -> (steps, norms), layers in order of first appearance; a label reads
+    "dense (layer 3)" for the record's "3.dense"."""
     layers: dict[str, tuple[list[int], list[float]]] = {}
     for r in records:
         for layer, norm in (r.get("grad_norms") or {}).items():
-            steps, norms = layers.setdefault(layer, ([], []))
+            index, _, kind = layer.partition(".")
+            label = f"{kind} (layer {index})" if kind and index.isdigit() else layer
+            steps, norms = layers.setdefault(label, ([], []))
             steps.append(r["step"])
             norms.append(norm)
     return layers

@@ -7,6 +7,7 @@ what was found.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -89,3 +90,20 @@ def check_positive(layer: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or v < 1:
         raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
     return v
+
+
+def reshape_target(layer: str, in_shape: tuple[int, ...], shape: Sequence[int]) -> tuple[int, ...]:
+    """The output shape (N, *shape) of reshaping (N, *in_shape[1:]); at most one entry of
+    `shape` may be -1 (inferred). A one-line ValueError when the sizes do not match."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"{layer}: shape must be a list of ints, got {shape!r}") from None
+    size = math.prod(in_shape[1:])
+    known = math.prod(s for s in shape if s != -1)
+    if shape.count(-1) == 1 and known > 0 and size % known == 0:
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if any(s < 1 for s in shape) or math.prod(shape) != size:
+        raise ValueError(f"{layer}: cannot reshape (N, {', '.join(map(str, in_shape[1:]))}) "
+                         f"({size} values per example) to (N, {', '.join(map(str, shape))})")
+    return (in_shape[0], *shape)

@@ -26,7 +26,6 @@ default, Jozefowicz et al. 2015). The hand-written reference is `nnfun.manual.re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +36,7 @@ from nnfun import _checks
 from nnfun.initializers import get_initializer
 
 __all__ = ["init_rnn", "rnn_apply", "init_lstm", "lstm_apply", "init_gru", "gru_apply",
-           "reshape_apply", "gaussian_noise_apply", "orthogonal_blocks", "sequence_features",
-           "reshape_target"]
+           "reshape_apply", "gaussian_noise_apply", "orthogonal_blocks", "sequence_features"]
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -247,27 +245,10 @@ def _gru_scan(xw: Array, w_h: Array, b_h: Array) -> Array:
 # --------------------------------------------------------------------------- helpers
 
 
-def reshape_target(layer: str, in_shape: tuple[int, ...], shape: Sequence[int]) -> tuple[int, ...]:
-    """The output shape (N, *shape) of reshaping (N, *in_shape[1:]); at most one entry of
-    `shape` may be -1 (inferred). A one-line ValueError when the sizes do not match."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"{layer}: shape must be a list of ints, got {shape!r}") from None
-    size = math.prod(in_shape[1:])
-    known = math.prod(s for s in shape if s != -1)
-    if shape.count(-1) == 1 and known > 0 and size % known == 0:
-        shape = tuple(size // known if s == -1 else s for s in shape)
-    if any(s < 1 for s in shape) or math.prod(shape) != size:
-        raise ValueError(f"{layer}: cannot reshape (N, {', '.join(map(str, in_shape[1:]))}) "
-                         f"({size} values per example) to (N, {', '.join(map(str, shape))})")
-    return (in_shape[0], *shape)
-
-
 def reshape_apply(params: Params, x: Array, *, shape: Sequence[int]) -> Array:
     """(N, ...) -> (N, *shape), e.g. MNIST-1D's (N, 40) -> (N, 40, 1) for a recurrent layer;
     one entry of `shape` may be -1."""
-    return x.reshape(reshape_target("reshape", tuple(x.shape), shape))
+    return x.reshape(_checks.reshape_target("reshape", tuple(x.shape), shape))
 
 
 def gaussian_noise_apply(params: Params, x: Array, *, stddev: float, key: Array | None = None,

@@ -280,13 +280,21 @@ def _read_records(run_dir: Path) -> list[dict[str, Any]]:
         raise UserError(str(e)) from None
 
 
+def _ends_unterminated(path: Path) -> bool:
+    """Whether the file's last byte is not a newline (an empty or missing file is not)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def _append_record(path: Path, record: dict[str, Any]) -> None:
     """Appends one JSON line and syncs it to disk. A last line that a kill cut short (no
     newline) is first moved into ``metrics.jsonl.cut`` (kept, not lost) and the file replaced
     atomically without it, so that every line of metrics.jsonl is a whole record."""
-    text = path.read_bytes() if path.is_file() else b""
-    if text and not text.endswith(b"\n"):
-        head, _, fragment = text.rpartition(b"\n")
+    if _ends_unterminated(path):
+        head, _, fragment = path.read_bytes().rpartition(b"\n")
         with open(path.with_name(path.name + ".cut"), "ab") as f:
             f.write(fragment + b"\n")
         tmp = path.with_name(path.name + ".tmp")

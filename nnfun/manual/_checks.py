@@ -11,7 +11,8 @@ from nnfun._checks import (
     check_positive,
     check_shape,
     int_tuple,
+    reshape_target,
 )
 
 __all__ = ["check_choice", "check_dim", "check_keys", "check_ndim", "check_no_params",
-           "check_padding", "check_positive", "check_shape", "int_tuple"]
+           "check_padding", "check_positive", "check_shape", "int_tuple", "reshape_target"]

@@ -23,14 +23,19 @@ and tanh' = 1 - tanh^2.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 
-from nnfun.manual._checks import check_keys, check_ndim, check_no_params, check_shape
+from nnfun.manual._checks import (
+    check_keys,
+    check_ndim,
+    check_no_params,
+    check_shape,
+    reshape_target,
+)
 from nnfun.manual.activations import EmptyCache
 
 __all__ = ["RnnCache", "LstmCache", "GruCache", "ReshapeCache",
@@ -440,22 +445,6 @@ class ReshapeCache:
     in_shape: tuple[int, ...]
 
 
-def _target(in_shape: tuple[int, ...], shape: Sequence[int]) -> tuple[int, ...]:
-    """(N, *shape) with a -1 entry inferred; ValueError when the sizes differ."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"reshape: shape must be a list of ints, got {shape!r}") from None
-    size = math.prod(in_shape[1:])
-    known = math.prod(s for s in shape if s != -1)
-    if shape.count(-1) == 1 and known > 0 and size % known == 0:
-        shape = tuple(size // known if s == -1 else s for s in shape)
-    if any(s < 1 for s in shape) or math.prod(shape) != size:
-        raise ValueError(f"reshape: cannot reshape (N, {', '.join(map(str, in_shape[1:]))}) "
-                         f"({size} values per example) to (N, {', '.join(map(str, shape))})")
-    return (in_shape[0], *shape)
-
-
 def reshape_forward(params: Params, x: Array, *,
                     shape: Sequence[int]) -> tuple[Array, ReshapeCache]:
     """(N, ...) -> (N, *shape); one entry of `shape` may be -1.
@@ -469,7 +458,8 @@ def reshape_forward(params: Params, x: Array, *,
       (out (N, *shape), cache).
     """
     check_no_params("reshape", params)
-    return x.reshape(_target(tuple(x.shape), shape)), ReshapeCache(tuple(x.shape))
+    out_shape = reshape_target("reshape", tuple(x.shape), shape)
+    return x.reshape(out_shape), ReshapeCache(tuple(x.shape))
 
 
 def reshape_backward(dout: Array, cache: ReshapeCache) -> tuple[Array, Params]:

@@ -42,7 +42,7 @@ SECTIONS = ("data", "model", "loss", "regularizers", "optimizer", "schedule", "t
 
 #: Keys a section may carry besides the picked function's own arguments.
 EDGE_KEYS: dict[str, dict[str, Any]] = {
-    "data": {"preprocessing": str, "n_components": int},
+    "data": {"preprocessing": str, "n_components": int, "targets": str},
     "model": {},
     "loss": {},
     "regularizers": {},
@@ -51,7 +51,12 @@ EDGE_KEYS: dict[str, dict[str, Any]] = {
 }
 
 MODEL_BUILDERS: dict[str, Callable[..., models.Model]] = {
-    "sequential": models.sequential, "mlp": models.mlp, "cnn": models.cnn}
+    "sequential": models.sequential, "mlp": models.mlp, "cnn": models.cnn,
+    "autoencoder": models.autoencoder}
+
+#: What a run's targets are (``data.targets``): the data set's labels, or its (preprocessed)
+#: inputs, which makes the task reconstruction (an autoencoder).
+TARGETS = ("labels", "inputs")
 
 
 class ConfigError(ValueError):
@@ -216,6 +221,10 @@ def _check_edge_values(where: str, raw: Mapping[str, Any]) -> None:
     if prep is not None and prep not in PREPROCESSING_METHODS:
         raise ConfigError(f"{where}: data.preprocessing: unknown value {prep!r}; expected one of "
                           f"{list(PREPROCESSING_METHODS)}")
+    targets = raw.get("data", {}).get("targets")
+    if targets is not None and targets not in TARGETS:
+        raise ConfigError(f"{where}: data.targets: unknown value {targets!r}; expected one of "
+                          f"{list(TARGETS)}")
     unit = (raw.get("schedule") or {}).get("unit")
     if unit is not None and unit not in ("step", "epoch"):
         raise ConfigError(f"{where}: schedule.unit: unknown value {unit!r}; expected 'step' or "

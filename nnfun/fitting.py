@@ -78,7 +78,11 @@ def _save_arrays(path: Path, train: Data, val: Data | None, test: Data | None) -
     arrays = {}
     for split, xy in (("train", train), ("val", val), ("test", test)):
         if xy is not None:
-            arrays[f"x_{split}"], arrays[f"y_{split}"] = (np.asarray(a) for a in xy)
+            x, y = xy
+            x = np.asarray(x)
+            # no labels (a reconstruction task): the inputs stand in, as the targets will
+            y = x.reshape(x.shape[0], -1) if y is None else y
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = x, np.asarray(y)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
 
@@ -107,14 +111,18 @@ def fit(model: Model, train_data: Data, *, val_data: Data | None = None,
     Args:
       model: a `Model` (`nnfun.models.mlp`, `cnn`, `sequential`).
       train_data, val_data, test_data: ``(x, y)`` pairs of arrays; x (N, ...) inputs, y (N,)
-        integer labels (or (N, out) targets with ``task="regression"``).
+        integer labels (or (N, out) targets with ``task="regression"``). With
+        ``task="reconstruction"`` (an autoencoder: the targets are the preprocessed inputs,
+        ``data.targets = "inputs"``) y is not used and may be None.
       loss: a loss name, ``LossSpec``, ``(name, kwargs)`` or ``{"name": ..., **kwargs}``.
       regularizers: entries in the same forms (``("l2", {"lam": 1e-4})``).
       optimizer, learning_rate, optimizer_kwargs: an optax optimiser by name and its
         arguments; or `schedule`, a ``[schedule]`` section (then learning_rate is ignored).
       epochs, batch_size, seed: as ``[training]``; other ``[training]`` keys as keywords
         (``eval_every``, ``engine``, ``target_accuracy``, ...).
-      task, preprocessing: as ``data.task`` and ``data.preprocessing``.
+      task: "classification", "regression" (as the npz loader's ``data.task``) or
+        "reconstruction".
+      preprocessing: as ``data.preprocessing``.
       run_dir: the run folder (default ``runs/<name>/<timestamp>``).
 
     Returns:
@@ -130,6 +138,8 @@ def fit(model: Model, train_data: Data, *, val_data: Data | None = None,
            "regularizers": [_spec_section(r) for r in regularizers], "optimizer": opt,
            "training": {"epochs": epochs, "batch_size": batch_size, "seed": seed, **training},
            "data": {"name": "npz", "path": "", "task": task, "preprocessing": preprocessing}}
+    if task == "reconstruction":
+        raw["data"].update(task="regression", targets="inputs")
     if schedule is not None:
         raw["schedule"] = dict(schedule)
     probe = validate({**raw, "data": {"name": "xor"}}, "nnfun.fit", name)  # fail fast, no I/O

@@ -2,7 +2,7 @@
 
 A model's parameters mirror its layer list: ``params[i]`` is the dict of layer ``i`` (``{}`` for
 parameterless layers), so ``params`` is a plain list of dicts. Build a model from layer specs
-(`sequential`), or with the `mlp` and `cnn` shorthands::
+(`sequential`), or with the `mlp`, `cnn` and `autoencoder` shorthands::
 
     model = sequential([("flatten", {}), ("dense", {"features": 128}), ("relu", {}),
                         ("dense", {"features": 10})])
@@ -24,7 +24,8 @@ from nnfun.layers import LAYERS, Layer, get_layer, init_layer
 from nnfun.spec import LayerSpec
 
 __all__ = ["Model", "available_layers", "layer_arguments", "layer", "sequential", "init_model",
-           "model_apply", "param_count", "default_w_init", "mlp", "cnn", "summary"]
+           "model_apply", "param_count", "default_w_init", "mlp", "cnn", "autoencoder",
+           "encoder_layers", "summary"]
 
 Array = jax.Array
 Params = list[dict[str, Array]]
@@ -245,6 +246,64 @@ def cnn(conv: Sequence[int], dense: Sequence[int], out: int, *, kernel_size: int
             specs.append(layer("dropout", drop_rate=dropout))
     specs.append(layer("dense", features=int(out), w_init=w_init, b_init=b_init))
     return Model(tuple(specs))
+
+
+def autoencoder(features: int, encoder: Sequence[int], code: int, *,
+                activation: str = "relu", code_activation: str | None = None,
+                out_activation: str | None = None, noise_stddev: float = 0.0,
+                flatten: bool = False, w_init: Any = None, b_init: Any = "zeros") -> Model:
+    """A dense autoencoder: [gaussian_noise] [-> flatten] -> encoder (dense -> activation per
+    entry of `encoder`) -> dense(code) [-> code_activation] -> decoder (the encoder's widths in
+    reverse, dense -> activation) -> dense(features) [-> out_activation].
+
+    Trained with ``data.targets = "inputs"`` (the targets are the preprocessed inputs) and a
+    reconstruction loss such as ``mean_squared_error``; layer ``2 * len(encoder) + 1`` (the
+    bottleneck, after `code_activation` when given: see `encoder_layers`) gives the code.
+
+    Args:
+      features: the width of one (flattened) input, which the decoder reproduces.
+      encoder: widths of the encoder's hidden layers (may be empty: a linear encoder).
+      code: the bottleneck width (2 for a code space that can be drawn).
+      code_activation: activation after the bottleneck (None: a linear code, which with a
+        linear encoder and decoder spans the same subspace as PCA).
+      out_activation: activation of the reconstruction ("sigmoid" for inputs in [0, 1]).
+      noise_stddev: > 0 makes a denoising autoencoder: Gaussian noise of this standard
+        deviation is added to the input in training only (the ``gaussian_noise`` layer); the
+        target stays the clean input.
+      flatten: put a flatten layer before the encoder (image inputs).
+      w_init, b_init: initialisers of every weight and bias; w_init by
+        `default_w_init(activation)` when None.
+    """
+    w_init = w_init or default_w_init(activation)
+    dense = lambda n: layer("dense", features=int(n), w_init=w_init, b_init=b_init)  # noqa: E731
+    specs: list[LayerSpec] = [layer("gaussian_noise", stddev=float(noise_stddev))] \
+        if noise_stddev else []
+    specs += [layer("flatten")] if flatten else []
+    for width in encoder:
+        specs += [dense(width), layer(activation)]
+    specs += [dense(code)] + ([layer(code_activation)] if code_activation else [])
+    for width in reversed(encoder):
+        specs += [dense(width), layer(activation)]
+    specs.append(dense(features))
+    if out_activation:
+        specs.append(layer(out_activation))
+    return Model(tuple(specs))
+
+
+def encoder_layers(model: Model) -> Model:
+    """The encoder of a model built by `autoencoder`: its first layers, up to the bottleneck
+    and its activation. With ``k = len(encoder_layers(m).layers)``,
+    ``encoder_layers(m).apply(params[:k], x)`` maps inputs to codes (input noise, if any, is
+    the identity at evaluation)."""
+    layers = model.layers
+    dense = [i for i, s in enumerate(layers) if s.name == "dense"]
+    if not dense or len(dense) % 2:
+        raise ValueError(f"encoder_layers: expected an even number of dense layers (encoder "
+                         f"and decoder), found {len(dense)}")
+    end = dense[len(dense) // 2 - 1] + 1
+    if end < len(layers) and layers[end].name != "dense":
+        end += 1  # the code's activation
+    return Model(tuple(layers[:end]))
 
 
 def summary(layers: Sequence[LayerSpec], input_shape: Sequence[int],

@@ -3,8 +3,9 @@
 A run folder holds ``metrics.jsonl``, one JSON object per line: ``step`` (int), ``epoch``,
 ``learning_rate``, ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``time``,
 ``grad_norms`` (layer name -> mean gradient norm since the previous record) and optionally
-``engine_rel_diff``. Every key but ``step`` may be absent from a record (no accuracy for a
-regression task, validation every few records).
+``engine_rel_diff``; a reconstruction task (an autoencoder) records ``train_`` and
+``val_reconstruction_error`` instead of the accuracies. Every key but ``step`` may be absent
+from a record (no accuracy for a regression task, validation every few records).
 
 Figures are built with `matplotlib.figure.Figure` and rendered by the Agg canvas, never through
 `pyplot`: no window opens, the user's backend is left alone, and no figure is kept in pyplot's
@@ -35,6 +36,8 @@ _DPI = 100
 _RUN_FIGURES = (
     ("loss", "loss", {"train": "train_loss", "val": "val_loss"}, True),
     ("accuracy", "accuracy", {"train": "train_accuracy", "val": "val_accuracy"}, False),
+    ("reconstruction_error", "reconstruction error (mean squared)",
+     {"train": "train_reconstruction_error", "val": "val_reconstruction_error"}, True),
     ("learning_rate", "learning rate", {"learning rate": "learning_rate"}, False),
     ("engine_rel_diff", "relative difference", {"engine": "engine_rel_diff"}, True),
 )
@@ -144,7 +147,8 @@ def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None) -> list[
     """Plots the metrics of a run: loss, accuracy, learning rate, gradient norms, engine diff.
 
     Writes, for the keys present in ``metrics.jsonl``: ``loss.png`` (train and val loss, log y
-    when all values are positive), ``accuracy.png``, ``learning_rate.png``, ``grad_norms.png``
+    when all values are positive), ``accuracy.png`` (or ``reconstruction_error.png``),
+    ``learning_rate.png``, ``grad_norms.png``
     (one line per layer coloured by depth, log y, so vanishing gradients show) and
     ``engine_rel_diff.png``. Each is a 600x400 PNG.
 

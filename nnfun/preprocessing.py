@@ -32,6 +32,7 @@ __all__ = [
     "PreprocessorState",
     "apply_preprocessor",
     "fit_preprocessor",
+    "invert_preprocessor",
     "load_preprocessor",
     "save_preprocessor",
 ]
@@ -178,6 +179,39 @@ def apply_preprocessor(state: PreprocessorState, x: np.ndarray) -> np.ndarray:
     elif method != "center":
         flat = _rotate(state, flat, method)
     return flat.reshape(x.shape) if method not in _PCA_METHODS else flat
+
+
+def invert_preprocessor(state: PreprocessorState, z: np.ndarray) -> np.ndarray:
+    """Maps preprocessed inputs back to the input space: the inverse of `apply_preprocessor`.
+
+    For ``pca`` with k < D components this is PCA's reconstruction from k components,
+    mean + z U_k^T, the best rank-k linear reconstruction of the centred training inputs in
+    squared error (the baseline an autoencoder with a k-wide code is compared with).
+
+    Args:
+      state: the fitted state.
+      z: preprocessed inputs, (N, k) for the PCA methods, (N, *F) otherwise.
+
+    Returns:
+      (N, *F) inputs in the dtype of z.
+    """
+    method = _state_method(state, "state")
+    z = np.asarray(z)
+    feature_shape = tuple(int(n) for n in state["feature_shape"])
+    if method == "none":
+        return z
+    dtype = z.dtype if np.issubdtype(z.dtype, np.floating) else np.dtype(np.float32)
+    flat = z.reshape(z.shape[0], -1).astype(dtype)
+    if method in ("pca_whiten", "zca_whiten"):
+        u = state["components"].astype(dtype)
+        scale = np.sqrt(state["eigenvalues"] + state["eps"]).astype(dtype)
+        flat = (flat @ u if method == "zca_whiten" else flat) * scale
+    if method in _PCA_METHODS or method == "zca_whiten":
+        flat = flat @ state["components"].astype(dtype).T
+    elif method == "standardize":
+        flat = flat * state["std"].astype(dtype)
+    flat = flat + state["mean"].astype(dtype)
+    return flat.reshape(z.shape[0], *feature_shape)
 
 
 def _rotate(state: PreprocessorState, xc: np.ndarray, method: str) -> np.ndarray:

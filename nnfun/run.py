@@ -119,6 +119,9 @@ def _load_data(config: Config, prep_state: dict | None) -> tuple[data_lib.Datase
         raise UserError(f"{config.source}: data: {e}") from None
     apply = lambda x: preprocessing.apply_preprocessor(prep_state, x).astype(np.float32)  # noqa: E731
     ds = ds._replace(x_train=apply(ds.x_train), x_val=apply(ds.x_val), x_test=apply(ds.x_test))
+    if config.data.get("targets", "labels") == "inputs":
+        ds = ds._replace(y_train=ds.x_train, y_val=ds.x_val, y_test=ds.x_test, num_classes=0,
+                         task="reconstruction")
     return ds, prep_state
 
 
@@ -182,8 +185,10 @@ def _out_width(config: Config, model: Model, ds: data_lib.Dataset, dtype: Any) -
                         f"{ds.name!r} has {ds.num_classes} classes (expected {ds.num_classes}"
                         f"{' or 1' if ds.num_classes == 2 else ''})")
     if not ds.num_classes and out != tuple(ds.y_train.shape[1:]):
+        what = ("reconstruction targets' (the inputs')" if ds.task == "reconstruction"
+                else "regression targets'")
         raise UserError(f"{config.source}: model: output shape {out} does not match the "
-                        f"regression targets' shape {tuple(ds.y_train.shape[1:])}")
+                        f"{what} shape {tuple(ds.y_train.shape[1:])}")
     return width
 
 
@@ -409,7 +414,8 @@ class RunRecorder:
             _append_record(self.run_dir / "metrics.jsonl", rec)
             self.recorded.add(step)
         self.bar.set_postfix({k: f"{rec[k]:.4g}" for k in
-                              ("train_loss", "train_accuracy", "val_accuracy") if k in rec})
+                              ("train_loss", "train_accuracy", "val_accuracy",
+                               "val_reconstruction_error") if k in rec})
         return rec
 
     def _grad_norms(self) -> dict[str, Any]:
@@ -618,6 +624,7 @@ def _compiled(setup: RunSetup, place: Any, state: train.TrainState) -> tuple:
     train_epoch = train.make_train_epoch(body, setup.batch_size, dispatch=dispatch,
                                          compiler_options=options)
     evaluate = train.make_eval_fn(layers, setup.loss, setup.data.num_classes,
+                                  reconstruction=setup.data.task == "reconstruction",
                                   compiler_options=options)
     crosscheck = None
     if tc.crosscheck_every:
@@ -711,7 +718,8 @@ def eval_run(run_dir: str | Path, *, which: str = "best") -> dict[str, Any]:
         setup = prepare(config, prep_state=preprocessing.load_preprocessor(
             run_dir / "preprocessing.npz"))
         state = restore_state(run_dir, setup, which=which)
-        evaluate = train.make_eval_fn(setup.model.layers, setup.loss, setup.data.num_classes)
+        evaluate = train.make_eval_fn(setup.model.layers, setup.loss, setup.data.num_classes,
+                                      reconstruction=setup.data.task == "reconstruction")
         ds = setup.data
         res = {"step": int(state.step),
                **_evaluate(evaluate, state.params, _to_device(ds.x_val, setup.dtype), ds.y_val,

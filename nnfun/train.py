@@ -11,7 +11,8 @@ The stages, in the order a run goes through them:
   `make_train_step` is it jitted;
 - `make_train_epoch`: one shuffled epoch, ``(state, x, y, epoch) -> (state, metrics)``, as a
   compiled `lax.scan` (`make_epoch_fn`) or a Python loop of jitted steps;
-- `make_eval_fn`: loss and accuracy of a parameter set on a data split.
+- `make_eval_fn`: loss and accuracy (or reconstruction error) of a parameter set on a data
+  split.
 
 Every epoch draws its permutation from ``fold_in(fold_in(key, 1), epoch)`` and gathers the
 shuffled batches once; every step's dropout key is ``fold_in(fold_in(key, 2), step)``. So the
@@ -255,14 +256,16 @@ def make_train_epoch(step_body: Callable[[TrainState, Batch], tuple], batch_size
 
 
 def make_eval_fn(layers: Sequence[LayerSpec], loss: LossSpec, num_classes: int, *,
-                 chunk: int = 1024,
+                 chunk: int = 1024, reconstruction: bool = False,
                  compiler_options: dict[str, Any] | None = None
                  ) -> Callable[[Any, Array, Array], dict[str, Array]]:
     """A jitted ``evaluate(params, x, labels) -> {"loss", "accuracy", "per_class_accuracy"}``.
 
     The model runs in evaluation mode over chunks of `chunk` examples (`jax.lax.map`), so memory
     stays bounded. The loss is the data loss only (no penalty), averaged over examples.
-    Accuracy entries are present for classification (num_classes > 0).
+    Accuracy entries are present for classification (num_classes > 0); with
+    ``reconstruction=True`` (the targets are the inputs) ``"reconstruction_error"``, the mean
+    squared difference between output and target over all their entries, whatever the loss.
     """
     layers, loss_fn = tuple(layers), get_loss(loss.name)
     loss_kw = {**dict(loss.kwargs), "reduction": "mean"}
@@ -282,6 +285,8 @@ def make_eval_fn(layers: Sequence[LayerSpec], loss: LossSpec, num_classes: int, 
             onehot = jax.nn.one_hot(labels, num_classes)
             out["accuracy"] = jnp.mean(hit)
             out["per_class_accuracy"] = (hit @ onehot) / jnp.maximum(onehot.sum(0), 1.0)
+        if reconstruction:
+            out["reconstruction_error"] = jnp.mean(jnp.square(preds - labels))
         return out
 
     return jax.jit(evaluate, compiler_options=compiler_options)

@@ -5,7 +5,8 @@ Sections map one-to-one onto function families (STYLE.md): in ``[data]``, ``[mod
 picks the function and every other key is one of its keyword arguments, checked against the
 function's signature and type hints. ``[training]`` and ``[distributed]`` are fixed schemas
 (pydantic). A few keys belong to the edge rather than the function and are listed in
-`EDGE_KEYS` (``data.preprocessing``, ``schedule.unit``, ``optimizer.clip_global_norm``, ...).
+`EDGE_KEYS` (``data.preprocessing``, ``model.imports``, ``schedule.unit``,
+``optimizer.clip_global_norm``, ...).
 
 Every problem raises `ConfigError` with one line naming the file, the key, what was expected
 and what was found. Command-line overrides ``--set section.key=value`` go through the same checks.
@@ -16,9 +17,11 @@ from __future__ import annotations
 import collections.abc
 import copy
 import functools
+import importlib
 import inspect
 import math
 import operator
+import sys
 import tomllib
 import types
 import typing
@@ -35,7 +38,8 @@ from nnfun.preprocessing import METHODS as PREPROCESSING_METHODS
 
 __all__ = ["Config", "TrainingConfig", "DistributedConfig", "ConfigError", "load_config",
            "validate", "parse_override", "apply_overrides", "config_from_resolved", "build_model",
-           "check_function_section", "SECTIONS", "EDGE_KEYS", "MODEL_BUILDERS"]
+           "check_function_section", "import_modules", "SECTIONS", "EDGE_KEYS",
+           "MODEL_BUILDERS"]
 
 SECTIONS = ("data", "model", "loss", "regularizers", "optimizer", "schedule", "training",
             "distributed")
@@ -43,7 +47,7 @@ SECTIONS = ("data", "model", "loss", "regularizers", "optimizer", "schedule", "t
 #: Keys a section may carry besides the picked function's own arguments.
 EDGE_KEYS: dict[str, dict[str, Any]] = {
     "data": {"preprocessing": str, "n_components": int, "targets": str},
-    "model": {},
+    "model": {"imports": list},
     "loss": {},
     "regularizers": {},
     "optimizer": {"clip_global_norm": float},
@@ -251,8 +255,28 @@ def _check_model(where: str, raw: Mapping[str, Any]) -> None:
 
 def build_model(model_section: Mapping[str, Any]) -> models.Model:
     """The `Model` a ``[model]`` section describes."""
-    kw = {k: v for k, v in model_section.items() if k != "name"}
+    kw = {k: v for k, v in model_section.items() if k != "name" and k not in EDGE_KEYS["model"]}
     return MODEL_BUILDERS[model_section["name"]](**kw)
+
+
+def import_modules(where: str, names: Any) -> None:
+    """Imports the modules of ``model.imports`` (from the current directory or the installed
+    packages), so that the layers they register (`nnfun.layers.register_layer`, and their
+    rules in `nnfun.manual.layers.RULES`) can be named in the model; the run folder records
+    the list, so ``eval``, ``resume`` and ``gradcheck`` import them again."""
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{where}: model.imports: expected a list of module names, found "
+                          f"{names!r}")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a user's module: any failure is theirs, said in one line
+            raise ConfigError(f"{where}: model.imports: cannot import {name!r} "
+                              f"({type(e).__name__}: {e})") from None
 
 
 def validate(raw: Mapping[str, Any], where: str, name: str) -> Config:
@@ -264,6 +288,8 @@ def validate(raw: Mapping[str, Any], where: str, name: str) -> Config:
     for section in ("data", "model", "loss", "optimizer"):
         if section not in raw:
             raise ConfigError(f"{where}: [{section}]: missing section")
+    if isinstance(raw["model"], dict):
+        import_modules(where, raw["model"].get("imports"))
     for section, table in _families().items():
         value = raw.get(section)
         if value is None:

@@ -6,6 +6,7 @@ three ways."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -188,3 +189,74 @@ def test_your_own_layer_trains_and_passes_the_three_way_check(scale_layer):
     assert report.passed and "1.g" in str(report)
     with pytest.raises(ValueError, match="already a layer"):
         L.register_layer("dense", L.LAYERS["dense"])
+
+
+SCALE_MODULE = '''
+import jax.numpy as jnp
+from nnfun import layers
+from nnfun.manual import layers as manual
+
+
+def init(key, in_shape, *, dtype=jnp.float32):
+    return {"g": jnp.ones(in_shape, dtype)}
+
+
+def forward(params, x):
+    return x * params["g"][None], (x, params["g"])
+
+
+def backward(dout, cache):
+    x, g = cache
+    return dout * g[None], {"g": jnp.sum(dout * x, axis=0)}
+
+
+layers.register_layer("my_scale", layers.Layer(lambda p, x: x * p["g"][None], init,
+                                               examples=(((3, 4), {}),)), replace=True)
+manual.RULES["my_scale"] = manual.Rule(forward, backward)
+'''
+
+
+@pytest.fixture
+def layer_module(tmp_path, monkeypatch):
+    """A module of the user's that registers a layer when imported; the tables and
+    sys.modules are restored afterwards."""
+    (tmp_path / "my_layers.py").write_text(SCALE_MODULE)
+    monkeypatch.chdir(tmp_path)
+    tables = [(t, dict(t)) for t in (L.LAYERS, ML.RULES)]
+    yield tmp_path
+    sys.modules.pop("my_layers", None)
+    for table, saved in tables:
+        table.clear()
+        table.update(saved)
+
+
+def test_your_own_layer_from_a_config_trains_evaluates_and_gradchecks(layer_module, capsys):
+    x, y = _blobs()
+    np.savez("mine.npz", x=x, y=y)
+    text = CONFIG.format(name="npz", data='path = "mine.npz"').replace(
+        'name = "mlp"\nhidden = [8]\nout = 3',
+        'name = "sequential"\nimports = ["my_layers"]\nlayers = [{ name = "dense", features = 8 '
+        '}, { name = "my_scale" }, { name = "tanh" }, { name = "dense", features = 3 }]')
+    Path("own.toml").write_text(text)
+    assert main(["train", "own.toml", "--out", "run", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.6
+    assert json.loads(Path("run/config.json").read_text())["model"]["imports"] == ["my_layers"]
+    sys.modules.pop("my_layers")
+    del L.LAYERS["my_scale"]  # as in a new process: eval imports the module again
+    assert main(["eval", "run"]) == 0
+    capsys.readouterr()
+    assert main(["gradcheck", "own.toml", "--max-coords", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "1.g" in out
+
+
+def test_a_model_import_that_fails_is_one_line(layer_module, capsys):
+    text = CONFIG.format(name="xor", data="").replace('name = "mlp"',
+                                                      'name = "mlp"\nimports = ["no_such_mod"]')
+    text = text.replace("out = 3", "out = 2")
+    Path("bad.toml").write_text(text)
+    assert main(["train", "bad.toml", "--out", "run", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "bad.toml: model.imports: cannot import 'no_such_mod' (ModuleNotFoundError" in err
+    assert not Path("run").exists()

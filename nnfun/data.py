@@ -406,13 +406,11 @@ def load_digits(
     Returns:
       `Dataset` with x (N, 8, 8, 1) or (N, 64) in [0, 1] (pixel / 16) and y (N,) in 0..9.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
     if split not in ("sklearn", "random"):
         raise DataError(f"split={split!r} is not one of ['random', 'sklearn']")
     _check_fraction("val_fraction", val_fraction)
-    bunch = sklearn_digits()
-    x, y = bunch.images[..., None] / 16.0, bunch.target
+    images, y = _sklearn_digits()
+    x = images[..., None] / 16.0
     rng = np.random.default_rng(seed)
     if split == "random":
         perm = rng.permutation(len(x))
@@ -423,6 +421,28 @@ def load_digits(
     if flatten:
         x_train, x_val, x_test = (_flat(a) for a in (x_train, x_val, x_test))
     return _classification("digits", 10, x_train, y_train, x_val, y_val, x_test, y_test)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) float64, labels (1797,) int): scikit-learn's ``load_digits``,
+    read from the ``digits.csv.gz`` it ships exactly as it reads it (``np.loadtxt``), without
+    importing scikit-learn (seconds of a run's start-up); through scikit-learn itself when the
+    file is not where it keeps it."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for root in roots:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    return bunch.images, bunch.target
 
 
 # --------------------------------------------------------------------------- MNIST-1D

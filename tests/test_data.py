@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import random
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -482,3 +484,20 @@ def test_an_idx_header_whose_sizes_overflow_int64_is_one_line(tmp_path) -> None:
     path.write_bytes(bytes([0, 0, 0x08, 4]) + (2**16).to_bytes(4, "big") * 4)
     with pytest.raises(DataError, match="truncated, header says shape"):
         read_idx(path)
+
+
+def test_digits_are_read_as_scikit_learn_reads_them_without_importing_it():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from nnfun.data import _sklearn_digits
+
+    images, labels = _sklearn_digits()
+    bunch = sklearn_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert images.dtype == bunch.images.dtype and labels.dtype == bunch.target.dtype
+    code = ("import sys; from nnfun.data import load_digits; load_digits(); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

@@ -22,7 +22,10 @@ batch gather) when it compiles the unchanged steps of `nnfun.train`. Contract:
   data-parallel run takes the same steps as a one-device run, equal up to float reassociation
   of the batch sums;
 - process 0 is the lead (`is_lead`): only it writes logs, summaries and plots; every process
-  calls the checkpoint store (orbax synchronises them).
+  calls the checkpoint store (orbax synchronises them);
+- SIGINT and SIGTERM belong to nnfun, not to XLA: JAX's preemption service (whose notifier
+  catches SIGTERM in C++) is switched off, and `nnfun.run` turns both signals into a stop flag
+  that all processes agree on at a step boundary.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def initialize(cfg: DistributedConfig, *, where: str = "distributed") -> None:
                                    f"any JAX computation; start nnfun in a fresh process")
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # XLA's preemption notifier would catch SIGTERM in C++ (so a SIGTERM before nnfun's own
+    # handler is installed would be lost); nnfun's stop flag handles SIGTERM like Ctrl-C.
+    jax.config.update("jax_enable_preemption_service", False)
     timeout = cfg.initialization_timeout
     if cfg.coordinator_address is not None and cfg.process_id not in (None, 0):
         _wait_for_coordinator(cfg.coordinator_address, timeout, where)

@@ -232,19 +232,23 @@ def _to_device(a: Any, dtype: Any) -> jax.Array:
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) and SIGTERM (what SLURM's scancel and time limit send) into a flag
     checked between steps, so the run stops at a step boundary with its buffers consistent and
-    saves a checkpoint."""
+    saves a checkpoint. It may be entered again while entered (the outermost ``with`` installs
+    and restores the handlers), so a multi-process run holds it from set-up on."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
         self._old: dict[int, Any] = {}
+        self._depth = 0
 
     def __enter__(self) -> _StopFlag:
-        try:
-            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        except ValueError:  # not the main thread
-            self._old = {}
+        self._depth += 1
+        if self._depth == 1:
+            try:
+                self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            except ValueError:  # not the main thread
+                self._old = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -259,8 +263,10 @@ class _StopFlag:
         return self.requested
 
     def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
 
 
 def _to_float(tree: Any) -> Any:
@@ -311,8 +317,16 @@ def _append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+@jax.jit
+def _all_finite(params: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v))
+                              for v in jax.tree_util.tree_leaves(params)]))
+
+
 def _finite(params: Any) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(params))
+    """Whether every parameter is finite: one compiled program for the whole tree (not one
+    per leaf shape), which also runs on parameters spread over several processes."""
+    return not jax.tree_util.tree_leaves(params) or bool(_all_finite(params))
 
 
 def due(epoch: int, every: int) -> bool:
@@ -449,15 +463,20 @@ def train_run(config: Config, run_dir: str | Path, *, quiet: bool = False, resum
       KeyboardInterrupt: after saving a checkpoint, when the run was interrupted.
     """
     distributed.initialize(config.distributed, where=config.source)
-    run_dir = distributed.agree_on_path(run_dir)
-    _check_run_folder(run_dir, resume=resume, inputs=inputs)
-    with _precision(config.training.dtype):
+    # Several processes catch SIGINT and SIGTERM from set-up on: a KeyboardInterrupt there
+    # would leave the others waiting in a collective (then C++ aborts); a signal in set-up
+    # stops the run at its first step boundary instead, agreed by every process.
+    stop = _StopFlag()
+    with stop if jax.process_count() > 1 else contextlib.nullcontext(), \
+            _precision(config.training.dtype):
+        run_dir = distributed.agree_on_path(run_dir)
+        _check_run_folder(run_dir, resume=resume, inputs=inputs)
         prep = _load_preprocessing(run_dir) if resume else None
         setup = prepare(config, prep_state=prep)  # every check before anything is written
         with _run_folder(run_dir, resume=resume, inputs=inputs):
             if distributed.is_lead():
                 _write_run_files(run_dir, setup, resume=resume)
-            return _train_and_evaluate(setup, run_dir, quiet=quiet, resume=resume,
+            return _train_and_evaluate(setup, run_dir, stop, quiet=quiet, resume=resume,
                                        stop_after_epochs=stop_after_epochs, out=out)
 
 
@@ -529,8 +548,9 @@ def _load_preprocessing(run_dir: Path) -> dict | None:
         raise UserError(f"{path}: cannot read the run's preprocessing: {e}") from None
 
 
-def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: bool,
-                        stop_after_epochs: int | None, out: Any) -> dict[str, Any]:
+def _train_and_evaluate(setup: RunSetup, run_dir: Path, stop: _StopFlag, *, quiet: bool,
+                        resume: bool, stop_after_epochs: int | None,
+                        out: Any) -> dict[str, Any]:
     """Stages 2 to 4: the initial (or restored) state, the epoch loop and `finish`."""
     from tqdm.auto import tqdm
 
@@ -550,7 +570,7 @@ def _train_and_evaluate(setup: RunSetup, run_dir: Path, *, quiet: bool, resume: 
                dynamic_ncols=True)
     recorder = RunRecorder(run_dir, setup, store, evaluate, x_train, bar=bar)
     single = jax.process_count() == 1
-    with _StopFlag() as stop, contextlib.closing(bar):
+    with stop, contextlib.closing(bar):
         for epoch in range(start_epoch, tc.epochs):
             # forward, backward and update: one shuffled epoch
             done = int(state.step) - epoch * setup.steps_per_epoch if epoch == start_epoch \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -367,3 +368,102 @@ def test_ctrl_c_in_one_process_stops_every_process_at_the_same_step(
     got = _final_state(tmp_path / "f32.toml", tmp_path / "run")
     assert int(got.step) == STEPS
     assert _max_rel_diff(work["refs"]["f32"].params, got.params) <= TOL["f32"]
+
+
+# --------------------------------------------------------------------------- stop signals
+
+
+def _start_two(cwd: Path, name: str, *args: str) -> list[subprocess.Popen]:
+    """`nnfun <args>` as processes 0 and 1 of a two-process run; their stdout and stderr go
+    to ``<name><i>.out`` and ``<name><i>.err`` in `cwd`."""
+    port = _free_port()
+    procs = []
+    for i in (0, 1):
+        with open(cwd / f"{name}{i}.out", "w") as out, open(cwd / f"{name}{i}.err", "w") as err:
+            procs.append(subprocess.Popen(
+                _cli(*args, "-q", "--set", f"distributed.coordinator_address=127.0.0.1:{port}",
+                     "--set", f"distributed.process_id={i}"),
+                cwd=cwd, env=_env(), text=True, stdout=out, stderr=err))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """The exit statuses, None for a process still running after `timeout` s (then killed)."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return codes
+
+
+def _signal_in_setup(procs: list[subprocess.Popen], run_dir: Path, signum: int,
+                     to: tuple[int, ...]) -> None:
+    """Sends `signum` to processes `to` once the lead has written the run's config.json: both
+    processes are connected and still setting up (placing, compiling), before any step."""
+    deadline = time.monotonic() + 120
+    while not (run_dir / "config.json").is_file():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.02)
+    for i in to:
+        procs[i].send_signal(signum)
+
+
+TWO = ["--set", "distributed.enabled=true", "--set", "distributed.num_processes=2", "--set",
+       "distributed.initialization_timeout=30"]
+INTERRUPTED = "interrupted at step 5; checkpoint saved. Resume with: nnfun resume run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", [(0,), (0, 1)], ids=["lead", "both"])
+def test_ctrl_c_during_set_up_stops_both_processes_promptly(tmp_path: Path,
+                                                           to: tuple[int, ...]) -> None:
+    """Ctrl-C while the processes set up (place, compile), in the lead alone or, as from a
+    terminal, in both: each stops at the first step boundary, saves the same checkpoint and
+    exits 130 with one line. (A KeyboardInterrupt in set-up used to save nothing; in the lead
+    alone it left both processes waiting 5 minutes, then aborting with C++ stack traces.)"""
+    (tmp_path / "f32.toml").write_text(F32)
+    procs = _start_two(tmp_path, "p", "train", "f32.toml", "--out", "run", *TWO)
+    _signal_in_setup(procs, tmp_path / "run", signal.SIGINT, to=to)
+    t0 = time.monotonic()
+    codes = _wait(procs, 120)
+    errs = [(tmp_path / f"p{i}.err").read_text() for i in (0, 1)]
+    assert codes == [130, 130], [e[-2000:] for e in errs]
+    assert time.monotonic() - t0 < 90  # JAX's shutdown barrier waited 300 s
+    for err in errs:  # (gloo prints its own connection line first)
+        assert err.strip().splitlines()[-1] == INTERRUPTED and "Check failure" not in err, err
+    with CheckpointStore(tmp_path / "run" / "checkpoints") as store:
+        assert sorted(store.all_steps()) == [5]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resume_is_exact(
+        tmp_path: Path) -> None:
+    """SIGTERM (scancel, a time limit, a preemption) reaching only process 1 during set-up:
+    both save the same step and exit 130; `nnfun resume` in both then ends bit for bit where
+    an uninterrupted two-process run does. (XLA's preemption notifier used to swallow it.)"""
+    (tmp_path / "f32.toml").write_text(F32)
+    whole = _start_two(tmp_path, "w", "train", "f32.toml", "--out", "whole", *TWO)
+    assert _wait(whole, 180) == [0, 0], (tmp_path / "w1.err").read_text()[-2000:]
+    procs = _start_two(tmp_path, "p", "train", "f32.toml", "--out", "run", *TWO)
+    _signal_in_setup(procs, tmp_path / "run", signal.SIGTERM, to=(1,))
+    codes = _wait(procs, 120)
+    errs = [(tmp_path / f"p{i}.err").read_text() for i in (0, 1)]
+    assert codes == [130, 130], [e[-2000:] for e in errs]
+    for err in errs:
+        assert err.strip().splitlines()[-1] == INTERRUPTED, err
+    with CheckpointStore(tmp_path / "run" / "checkpoints") as store:
+        assert sorted(store.all_steps()) == [5]
+    resumed = _start_two(tmp_path, "r", "resume", "run", "--set", "distributed.enabled=true")
+    assert _wait(resumed, 180) == [0, 0], (tmp_path / "r1.err").read_text()[-2000:]
+    assert json.loads((tmp_path / "r0.out").read_text())["steps"] == STEPS
+    whole, got = (_final_state(tmp_path / "f32.toml", tmp_path / d) for d in ("whole", "run"))
+    assert int(got.step) == STEPS
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)

@@ -71,12 +71,12 @@ def check_backprop_graph_numbers(proc: subprocess.CompletedProcess, out: Path) -
 
 
 def test_there_is_one_experiment_per_lecture_point():
-    assert len(EXPERIMENTS) == 11, EXPERIMENTS
+    assert len(EXPERIMENTS) == 13, EXPERIMENTS
 
 
 #: Runs every lecture experiment's script as ``__main__`` in one Python process (each into
-#: its own folder), so the suite pays for starting Python, JAX and matplotlib once, not eleven
-#: times; a failing script is recorded and the next one still runs.
+#: its own folder), so the suite pays for starting Python, JAX and matplotlib once, not once
+#: per script; a failing script is recorded and the next one still runs.
 SMOKE_ALL = """
 import runpy, sys, traceback
 from pathlib import Path

@@ -11,17 +11,21 @@
    with "SAME" convolutions each followed by 2x2 max pooling it sees (D / 2^L)(N / 2^L);
 3. an RNN that travels from row d = 0 to d = D, reading one row of N pixels a step, with H
    hidden units and a single output: N H + H^2 + H (input, recurrent, bias), plus H + 1 for
-   the output; and its LSTM (four gates: 4 (N H + H^2 + H)) and GRU (three: 3 (N H + H^2 + H);
-   the cuDNN / PyTorch variant has a second bias per gate, 3 (N H + H^2 + 2 H)) variants;
+   the output; and its LSTM (four gates: 4 (N H + H^2 + H)) and GRU variants. nnfun's GRU has
+   two biases per gate, one on the input side and one on the recurrent side (PyTorch's and
+   cuDNN's equations: the reset gate scales h W_hn + b_hn, so that bias cannot be merged):
+   3 (N H + H^2 + 2 H); the textbook GRU with one bias per gate has 3 (N H + H^2 + H);
 
 plus the autoencoder of the same lecture's list, DN -> M -> DN.
 
-Where nnfun can build the model (MLP, CNN, autoencoder), the count is
-`nnfun.models.param_count` of the initialised parameters, and the closed form is checked
-against it. nnfun has no recurrent layers, so the RNN, LSTM and GRU counts are closed-form
-formulas, checked against `param_count` of their gate matrices built one by one with
-`nnfun.layers.init_dense` (an input-to-hidden layer with bias and a hidden-to-hidden layer
-without, per gate). With M = H = 100, L = 3 and P = 5.
+Every architecture nnfun can build (MLP, CNN, autoencoder, and the recurrent nets: reshape
+(N, D, N, 1) -> (N, D, N), one ``rnn`` / ``lstm`` / ``gru`` layer of H units, dense 1 on its
+last state) is counted with `nnfun.models.param_count` of the parameters its ``init`` makes
+(nnfun's own initialiser, traced with `jax.eval_shape`: shapes only, nothing allocated), and
+the closed form is checked against it; the script also prints the recurrent layers' parameter
+shapes, the GRU's ``b_x`` and ``b_h`` among them. The notes'
+approximation of the CNN count, the untied CNN and the one-bias GRU are closed forms only.
+With M = H = 100, L = 3 and P = 5.
 """
 
 from __future__ import annotations
@@ -38,16 +42,20 @@ from _common import (
     sized,
 )
 
-from nnfun.layers import init_dense
 from nnfun.models import layer, mlp, param_count, sequential
 
 D, N, M, L, P, H = 28, 28, 100, 3, 5, 100
 KEY = jax.random.PRNGKey(0)
 
 
+def shapes(model, shape):
+    """The model's parameters as `jax.ShapeDtypeStruct`s: its init traced, nothing allocated."""
+    return jax.eval_shape(lambda: model.init(KEY, shape))
+
+
 def count(model, shape) -> int:
     """param_count of the model's parameters, from shapes alone (no arrays allocated)."""
-    return param_count(jax.eval_shape(lambda: model.init(KEY, shape)))
+    return param_count(shapes(model, shape))
 
 
 def conv_net(pool: bool):
@@ -61,14 +69,10 @@ def conv_net(pool: bool):
     return sequential(specs + [layer("flatten"), layer("dense", features=1, bias=False)])
 
 
-def recurrent_by_gates(gates: int, n: int, h: int, extra_bias: bool = False) -> int:
-    """Built from nnfun dense layers: per gate an input map (N -> H, with bias) and a
-    recurrent map (H -> H, with a bias only in the two-bias variant); then the H -> 1 output."""
-    def gate(k):
-        k1, k2 = jax.random.split(k)
-        return [init_dense(k1, n, h), init_dense(k2, h, h, bias=extra_bias)]
-    return param_count(jax.eval_shape(  # shapes only: nothing is computed
-        lambda: [gate(k) for k in jax.random.split(KEY, gates)] + [init_dense(KEY, h, 1)]))
+def recurrent_net(cell: str, d: int, n: int):
+    """Reads the d x n image one row of n pixels a step: reshape -> `cell`(H) -> dense 1."""
+    return sequential([layer("reshape", shape=[d, n]), layer(cell, features=H),
+                       layer("dense", features=1)])
 
 
 def side_after(size: int, pool: bool) -> int:
@@ -113,19 +117,17 @@ def rows_for(d: int, n: int) -> list[dict]:
         "sum_l (output positions of layer l) P^2 + dense", untied + s_d * s_n)
     add(f"autoencoder DN -> {M} -> DN", "nnfun param_count (= closed form)",
         "2 DN M + M + DN", 2 * dn * M + M + dn, count(mlp([M], dn, flatten=True), (d, n, 1)))
-    rnn = n * H + H * H + H + H + 1
-    add(f"RNN over {d} rows, {H} hidden, 1 output", "closed form (no recurrent layers in "
-        "nnfun); = param_count of init_dense gate matrices", "N H + H^2 + H + (H + 1)", rnn,
-        recurrent_by_gates(1, n, H))
-    add(f"LSTM, {H} hidden, 1 output", "closed form; = param_count of init_dense gates",
+    add(f"RNN over {d} rows, {H} hidden, 1 output", "nnfun param_count (= closed form)",
+        "N H + H^2 + H + (H + 1)", n * H + H * H + H + H + 1,
+        count(recurrent_net("rnn", d, n), (d, n, 1)))
+    add(f"LSTM, {H} hidden, 1 output", "nnfun param_count (= closed form)",
         "4 (N H + H^2 + H) + (H + 1)", 4 * (n * H + H * H + H) + H + 1,
-        recurrent_by_gates(4, n, H))
-    add(f"GRU, {H} hidden, 1 output", "closed form; = param_count of init_dense gates",
-        "3 (N H + H^2 + H) + (H + 1)", 3 * (n * H + H * H + H) + H + 1,
-        recurrent_by_gates(3, n, H))
-    add("GRU, two biases per gate (cuDNN / PyTorch)",
-        "closed form; = param_count of init_dense gates", "3 (N H + H^2 + 2H) + (H + 1)",
-        3 * (n * H + H * H + 2 * H) + H + 1, recurrent_by_gates(3, n, H, extra_bias=True))
+        count(recurrent_net("lstm", d, n), (d, n, 1)))
+    add(f"GRU, {H} hidden, 1 output, 2 biases per gate",
+        "nnfun param_count (= closed form)", "3 (N H + H^2 + 2H) + (H + 1)",
+        3 * (n * H + H * H + 2 * H) + H + 1, count(recurrent_net("gru", d, n), (d, n, 1)))
+    add("GRU, one bias per gate (textbook)", "closed form only",
+        "3 (N H + H^2 + H) + (H + 1)", 3 * (n * H + H * H + H) + H + 1)
     return out
 
 
@@ -135,6 +137,12 @@ def main() -> None:
     for r in rows:
         print(f"{r['architecture']:<52}{r['parameters']:>10,}   {r['formula']}  "
               f"[{r['counted_by']}]")
+    cells = {cell: {k: list(v.shape) for k, v in shapes(recurrent_net(cell, D, N),
+                                                         (D, N, 1))[1].items()}
+             for cell in ("rnn", "lstm", "gru")}
+    for cell, layer_shapes in cells.items():
+        print(f"nnfun {cell} layer parameters: " + ", ".join(
+            f"{k} {tuple(v)}" for k, v in layer_shapes.items()))
     sides = sized([16, 28, 32, 64, 128], [16, 28])
     scaling = {s: rows_for(s, s) for s in sides}
 
@@ -152,21 +160,23 @@ def main() -> None:
                  "blue: nnfun param_count, orange: closed form")
     ax = axes[0, 1]
     short = {1: "MLP (with biases)", 2: "CNN, VALID, tied filters", 4: "CNN, SAME + pooling",
-             5: "CNN, VALID, untied", 6: "autoencoder", 7: "RNN (one row a step)", 8: "LSTM"}
+             5: "CNN, VALID, untied", 6: "autoencoder", 7: "RNN (one row a step)", 8: "LSTM",
+             9: "GRU"}
     for i, label in short.items():
         ax.plot(sides, [scaling[s][i]["parameters"] for s in sides], marker="o", ms=3,
                 label=label)
     ax.set(xscale="log", yscale="log", xlabel="image side D = N (pixels)",
-           ylabel="parameters", title="how the counts grow with the image")
+           ylabel="parameters", ylim=(30, 1e9), title="how the counts grow with the image")
     ax.set_xticks(sides, [str(s) for s in sides])
     ax.minorticks_off()
-    ax.legend()
+    ax.legend(loc="upper left", ncols=2)
     png = save_figure(fig, args)
     save_markdown(args, f"{D} x {N} image, M = H = {M}, L = {L}, P = {P}\n\n" + markdown_table(
         ["architecture", "parameters", "formula", "counted by"],
         [[r["architecture"], f"{r['parameters']:,}", r["formula"], r["counted_by"]]
          for r in rows]))
     save_table(args, {"D": D, "N": N, "M": M, "L": L, "P": P, "H": H, "rows": rows,
+                      "recurrent_layer_shapes": cells,
                       "by_image_side": {s: {r["architecture"]: r["parameters"] for r in rs}
                                         for s, rs in scaling.items()}})
     finish(args, [png])

@@ -275,6 +275,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not _peer_lost(e):
+            raise
+        # the others cannot go on without it; JAX's exit barrier would wait for the lost
+        # process, then abort in C++: say it in one line and leave at once
+        print(f"nnfun: run stopped: a process of this multi-process run was lost "
+              f"({str(e).splitlines()[0][:200]}); the saved checkpoints are kept: start "
+              f"every process again with 'nnfun resume RUN_DIR'", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+
+#: What a collective reports when another process of the run is gone.
+_PEER_LOST = ("Connection closed by peer", "Gloo", "heartbeat", "coordination service",
+              "Connection reset by peer")
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """Whether `e` is a failed collective of a multi-process run (a peer died or left)."""
+    jax = sys.modules.get("jax")
+    return (jax is not None and jax.process_count() > 1
+            and any(s in str(e) for s in _PEER_LOST))
 
 
 if __name__ == "__main__":

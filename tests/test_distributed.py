@@ -467,3 +467,27 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resume_is_exact(
     assert int(got.step) == STEPS
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_other_with_one_line(tmp_path: Path) -> None:
+    """SIGKILL to process 1 mid-run: process 0's next collective fails; it says so in one
+    line and exits 1 at once (it used to wait at JAX's exit barrier, then abort in C++), and
+    the checkpoints saved before are kept."""
+    (tmp_path / "f32.toml").write_text(F32)
+    procs = _start_two(tmp_path, "p", "train", "f32.toml", "--out", "run", *TWO,
+                       "--set", "training.checkpoint_every=1")
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run" / "checkpoints").glob("[0-9]*")):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.02)
+    procs[1].kill()
+    t0 = time.monotonic()
+    codes = _wait(procs, 120)
+    err = (tmp_path / "p0.err").read_text()
+    assert codes[0] == 1, err[-2000:]
+    assert time.monotonic() - t0 < 60, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("nnfun: run stopped: a process of this multi-process run was lost")
+    assert "Check failure" not in err and "Traceback" not in err, err[-2000:]
+    assert list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))

@@ -122,12 +122,16 @@ def line_plot(
         ax.plot(x, _finite_or_nan(y), label=label, color=color, marker=marker)
     if logy:
         ax.set_yscale("log")
+    else:  # short tick labels (3.0 and a x1e-3 offset, not 0.0030), so the margin holds them
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 4))
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3, which="both" if logy else "major")
     if series:
         ax.legend(fontsize="small", ncol=1 + len(series) // 8)
-    fig.tight_layout()
+    # fixed margins that fit the two-line title, tick labels and axis labels of a 600x400
+    # figure: tight_layout would measure every text first, half the drawing time
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.87)
     fig.savefig(path, format="png")
     return path
 

@@ -21,10 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 __all__ = ["plot_run", "read_metrics", "line_plot", "METRICS_FILE"]
 
 Series = tuple[Sequence[float], Sequence[float]]
@@ -110,6 +106,11 @@ def line_plot(
     Returns:
         ``path`` as a Path.
     """
+    # matplotlib is imported here, not with the module: a run reads its metrics (this
+    # module's `read_metrics`) before its first step, and draws only at the end
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
@@ -139,6 +140,8 @@ def line_plot(
 def _colors(cmap: str | None, n: int) -> list[Any] | None:
     if cmap is None:
         return None
+    from matplotlib import colormaps
+
     cm = colormaps[cmap]
     return [cm(i / max(n - 1, 1)) for i in range(n)]
 

@@ -28,7 +28,8 @@ the child process before it calls the CLI):
 persistent compilation cache, "warm" ones the cache the cold runs filled (what a second run
 of the same config sees: `nnfun` keeps compiled programs in ``~/.cache/nnfun/jax``). With
 ``--baseline DIR``, the same measurement runs on another checkout of nnfun (its ``DIR`` put
-first on ``PYTHONPATH``), interleaved with this one, so the two are compared under the same
+first on ``PYTHONPATH`` and its working directory, so its own config file is
+used), interleaved with this one, so the two are compared under the same
 machine load. Results: a Markdown table printed and written to ``out/startup.md`` (git-ignored)
 or, with ``--update-results``, to ``startup.md`` next to this script.
 """
@@ -113,7 +114,8 @@ def measure(config: str, cache: Path, pythonpath: str | None) -> dict[str, float
     with tempfile.TemporaryDirectory() as tmp:
         launch = time.time()
         proc = subprocess.run([sys.executable, "-c", CHILD, repr(launch), "train", config,
-                               "--out", str(Path(tmp) / "run"), "-q"], cwd=ROOT, env=env,
+                               "--out", str(Path(tmp) / "run"), "-q"], cwd=pythonpath or ROOT,
+                              env=env,
                               capture_output=True, text=True)
         wall = time.time() - launch
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("STARTUP ")]
@@ -164,7 +166,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault(f"{name} warm", []).append(measure(a.config, warm, path))
                 print(f"{name} warm {i}: {results[f'{name} warm'][-1]['exit']:.2f} s",
                       flush=True)
+    def commit(path: str) -> str:
+        out = subprocess.run(["git", "-C", path, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+        return out or "unknown"
+
+    named = ", ".join(f"{n} = {commit(p)}" for n, p in codes.items())
     text = (f"# Start-up of `nnfun train {a.config}`, stage by stage\n\n"
+            f"Code measured: {named}.\n\n"
             f"Median seconds over {a.repeats} fresh processes per column, measured side by "
             f"side (`python experiments/benchmarks/startup.py"
             f"{' --baseline DIR' if a.baseline else ''}`), on "

@@ -146,9 +146,27 @@ def test_fast_pools_reshape_only_tiling_windows(name, shape, kw, tiled):
         np.testing.assert_array_equal(np.asarray(fast[1])[:, 6:], 0.0)  # past the last window
 
 
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("name,biases", [("gru", ("b_x", "b_h")), ("lstm", ("b",))])
+def test_fast_recurrent_rules_equal_the_textbook_rules(name, biases, return_sequences):
+    """Forward values, the cache (the same fields, h_prev and c_prev rebuilt by a shift) and
+    the gradients, for either cache fed to the fast backward."""
+    rng, gates = _rng(7), {"gru": 3, "lstm": 4}[name]
+    n, t, d, h = 3, 5, 2, 4
+    params = {"w_x": rng.normal(size=(d, gates * h)), "w_h": rng.normal(size=(h, gates * h)),
+              **{b: rng.normal(size=gates * h) for b in biases}}
+    params = jax.tree.map(jnp.asarray, params)
+    x = jnp.asarray(rng.normal(size=(n, t, d)))
+    dout = jnp.asarray(rng.normal(size=(n, t, h) if return_sequences else (n, h)))
+    textbook, fast = _both(name, params, x, dout, return_sequences=return_sequences)
+    assert_close(fast, textbook)
+    cross = jax.jit(MF.FAST_RULES[name].backward)(dout, textbook[3])
+    assert_close(cross, fast[1:3])
+
+
 def test_fast_rules_override_only_layers_the_textbook_has():
     assert set(MF.FAST_RULES) == {"conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d",
-                                  "avg_pool2d"}
+                                  "avg_pool2d", "gru", "lstm"}
     for name, rule in MF.FAST_RULES.items():
         assert rule.forward is not ML.RULES[name].forward
         assert rule.backward is not ML.RULES[name].backward

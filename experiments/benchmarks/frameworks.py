@@ -2,7 +2,10 @@
 
 A model is a tuple of ops (see `bench.MODELS`): ``("dense", M)``, ``("relu",)``,
 ``("conv2d", C_out, K)``, ``("conv1d", C_out, K, stride)``, ``("maxpool",)`` (window 2, stride 2,
-VALID), ``("flatten",)``. Convolutions are SAME-padded. Loss: mean softmax cross-entropy on
+VALID), ``("flatten",)``, ``("reshape", shape)`` (per example, e.g. (40,) -> (40, 1)),
+``("gru", H)`` and ``("lstm", H)`` (one recurrent layer over a (T, D) sequence from a zero state,
+returning the last hidden state (H,); the GRU with PyTorch's equations, the reset gate applied
+after the recurrent matmul). Convolutions are SAME-padded. Loss: mean softmax cross-entropy on
 integer labels. Optimiser: Adam, learning rate 1e-3.
 
 Every runner follows one protocol, so the driver can interleave them:
@@ -47,13 +50,23 @@ def layer_shapes(ops: Sequence[tuple], in_shape: tuple[int, ...]) -> list[tuple[
             s = tuple(d // 2 for d in s[:-1]) + (s[-1],)
         elif op[0] == "flatten":
             s = (math.prod(s),)
+        elif op[0] == "reshape":
+            s = tuple(op[1])
+        elif op[0] in RECURRENT:
+            s = (op[1],)
         shapes.append(s)
     return shapes
 
 
+#: recurrent op -> gates G (the weights are (D, G H) and (H, G H))
+RECURRENT = {"gru": 3, "lstm": 4}
+
+
 def train_flops(ops: Sequence[tuple], in_shape: tuple[int, ...], batch: int) -> float:
     """Multiply-add FLOPs (2 per MAC) of one train step's matmuls and convolutions: forward,
-    weight gradient, and input gradient for every layer but the first (nothing needs it)."""
+    weight gradient, and input gradient for every layer but the first (nothing needs it). A
+    recurrent layer counts its input projection (T D G H MACs per example) as a layer and its
+    recurrence (T H G H, forward, dW_h and the gradient into h_{t-1}) always three times."""
     total, first = 0.0, True
     for op, s_in, s_out in zip(ops, layer_shapes(ops, in_shape), layer_shapes(ops, in_shape)[1:]):
         if op[0] == "dense":
@@ -61,6 +74,10 @@ def train_flops(ops: Sequence[tuple], in_shape: tuple[int, ...], batch: int) -> 
         elif op[0] in ("conv2d", "conv1d"):
             k = op[2] ** 2 if op[0] == "conv2d" else op[2]
             macs = batch * math.prod(s_out[:-1]) * k * s_in[-1] * op[1]
+        elif op[0] in RECURRENT:
+            (t, d), h, g = s_in, op[1], RECURRENT[op[0]]
+            total += 2 * batch * t * h * g * h * 3
+            macs = batch * t * d * g * h
         else:
             continue
         total += 2 * macs * (2 if first else 3)
@@ -131,6 +148,10 @@ def nnfun_layers(ops: Sequence[tuple], in_shape: tuple[int, ...]) -> tuple:
                           "stride": op[3], "padding": "SAME"})
         elif op[0] == "maxpool":
             specs.append({"name": "max_pool2d" if len(s) == 3 else "max_pool1d", "window": 2})
+        elif op[0] == "reshape":
+            specs.append({"name": "reshape", "shape": list(op[1])})
+        elif op[0] in RECURRENT:
+            specs.append({"name": op[0], "features": op[1]})
         else:
             specs.append(op[0])
     return sequential(specs).layers
@@ -220,13 +241,17 @@ def _patched(fn: Any, module: str, name: str, value: Any) -> Any:
 
 
 def jax_init(key: Any, ops: Sequence[tuple], in_shape: tuple[int, ...]) -> list[dict]:
-    """He-normal weights, zero biases, one dict per op."""
+    """He-normal weights, zero biases, one dict per op; recurrent layers as PyTorch initialises
+    them (every weight and bias uniform in +-1/sqrt(H))."""
     import jax
     import jax.numpy as jnp
 
     params = []
     for i, (op, s) in enumerate(zip(ops, layer_shapes(ops, in_shape))):
         k = jax.random.fold_in(key, i)
+        if op[0] in RECURRENT:
+            params.append(_jax_init_recurrent(k, op[0], s[-1], op[1]))
+            continue
         if op[0] == "dense":
             shape = (s[0], op[1])
         elif op[0] == "conv2d":
@@ -240,6 +265,49 @@ def jax_init(key: Any, ops: Sequence[tuple], in_shape: tuple[int, ...]) -> list[
         params.append({"w": jax.random.normal(k, shape) * math.sqrt(2.0 / fan_in),
                        "b": jnp.zeros((op[1],))})
     return params
+
+
+def _jax_init_recurrent(key: Any, kind: str, d: int, h: int) -> dict:
+    """{"w_x": (D, G H), "w_h": (H, G H), "b_x", "b_h": (G H,)}, gates stacked along the last
+    axis in PyTorch's order (GRU: r, z, n; LSTM: i, f, g, o)."""
+    import jax
+
+    g = RECURRENT[kind]
+    shapes = {"w_x": (d, g * h), "w_h": (h, g * h), "b_x": (g * h,), "b_h": (g * h,)}
+    bound = 1.0 / math.sqrt(h)
+    return {name: jax.random.uniform(jax.random.fold_in(key, j), shape, minval=-bound,
+                                     maxval=bound)
+            for j, (name, shape) in enumerate(shapes.items())}
+
+
+def jax_recurrent(p: dict, x: Any, kind: str) -> Any:
+    """A GRU or LSTM over x (N, T, D) from a zero state, written the way a performance-minded
+    JAX user would: the input projection of every step hoisted out of the loop as one matmul,
+    the gates of a step fused into one (H, G H) matmul, `lax.scan` over time; returns h_T
+    (N, H). The GRU has PyTorch's equations (r * (h W_hn + b_hn))."""
+    import jax
+    import jax.numpy as jnp
+
+    xw = jnp.swapaxes(x @ p["w_x"] + p["b_x"], 0, 1)  # (T, N, G H)
+    h0 = jnp.zeros((x.shape[0], p["w_h"].shape[0]), x.dtype)
+    sig = jax.nn.sigmoid
+
+    def gru_step(h: Any, xw_t: Any) -> tuple:
+        x_r, x_z, x_n = jnp.split(xw_t, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(h @ p["w_h"] + p["b_h"], 3, axis=-1)
+        r, z = sig(x_r + h_r), sig(x_z + h_z)
+        n = jnp.tanh(x_n + r * h_n)
+        return (1.0 - z) * n + z * h, None
+
+    def lstm_step(carry: tuple, xw_t: Any) -> tuple:
+        h, c = carry
+        a_i, a_f, a_g, a_o = jnp.split(xw_t + h @ p["w_h"] + p["b_h"], 4, axis=-1)
+        c = sig(a_f) * c + sig(a_i) * jnp.tanh(a_g)
+        return (sig(a_o) * jnp.tanh(c), c), None
+
+    if kind == "gru":
+        return jax.lax.scan(gru_step, h0, xw)[0]
+    return jax.lax.scan(lstm_step, (h0, h0), xw)[0][0]
 
 
 def jax_apply(params: list[dict], x: Any, ops: Sequence[tuple]) -> Any:
@@ -264,6 +332,10 @@ def jax_apply(params: list[dict], x: Any, ops: Sequence[tuple]) -> Any:
             x = x.reshape(n, *split, c).max(axis=tuple(2 + 2 * i for i in range(len(sp))))
         elif op[0] == "flatten":
             x = x.reshape(x.shape[0], -1)
+        elif op[0] == "reshape":
+            x = x.reshape(x.shape[0], *op[1])
+        elif op[0] in RECURRENT:
+            x = jax_recurrent(p, x, op[0])
     return x
 
 
@@ -367,6 +439,12 @@ class LinenRunner(_JaxData):
                         x = nn.max_pool(x, w, strides=w)
                     elif op[0] == "flatten":
                         x = x.reshape(x.shape[0], -1)
+                    elif op[0] == "reshape":
+                        x = x.reshape(x.shape[0], *op[1])
+                    elif op[0] == "gru":
+                        x = nn.RNN(nn.GRUCell(op[1]))(x)[:, -1]
+                    elif op[0] == "lstm":
+                        x = nn.RNN(nn.OptimizedLSTMCell(op[1]))(x)[:, -1]
                 return x
 
         net = Net()
@@ -421,6 +499,11 @@ class NnxRunner(_JaxData):
                 layers.append(partial(nnx.max_pool, window_shape=w, strides=w))
             elif op[0] == "flatten":
                 layers.append(lambda x: x.reshape(x.shape[0], -1))
+            elif op[0] == "reshape":
+                layers.append(lambda x, shape=tuple(op[1]): x.reshape(x.shape[0], *shape))
+            elif op[0] in RECURRENT:
+                cell = nnx.GRUCell if op[0] == "gru" else nnx.OptimizedLSTMCell
+                layers += [nnx.RNN(cell(s[-1], op[1], rngs=rngs)), lambda x: x[:, -1]]
         self.model = nnx.Sequential(*layers)
         self.opt = nnx.Optimizer(self.model, optax.adam(LR), wrt=nnx.Param)
 
@@ -479,6 +562,11 @@ class EquinoxRunner(_JaxData):
                 layers.append(pool(2, 2))
             elif op[0] == "flatten":
                 layers.append(eqx.nn.Lambda(jnp.ravel))
+            elif op[0] == "reshape":
+                layers.append(eqx.nn.Lambda(lambda x, shape=tuple(op[1]): x.reshape(shape)))
+            elif op[0] in RECURRENT:
+                cell = eqx.nn.GRUCell if op[0] == "gru" else eqx.nn.LSTMCell
+                layers.append(_eqx_scanned(cell(s[-1], op[1], key=k)))
         self.model = eqx.nn.Sequential(layers)
         tx = optax.adam(LR)
         self.opt_state = tx.init(eqx.filter(self.model, eqx.is_array))
@@ -503,6 +591,26 @@ class EquinoxRunner(_JaxData):
         for xb, yb in self.batches:
             self.model, self.opt_state, loss = self.fn(self.model, self.opt_state, xb, yb)
         _block(loss)
+
+
+def _eqx_scanned(cell: Any) -> Any:
+    """An Equinox module running `cell` (eqx.nn.GRUCell / LSTMCell) over one example's
+    sequence (T, D) with `lax.scan` from a zero state; returns h_T (H,)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    class Scanned(eqx.Module):
+        cell: Any
+
+        def __call__(self, x: Any, *, key: Any = None) -> Any:
+            h0 = jnp.zeros(self.cell.hidden_size, x.dtype)
+            lstm = isinstance(self.cell, eqx.nn.LSTMCell)
+            state = jax.lax.scan(lambda s, x_t: (self.cell(x_t, s), None),
+                                 (h0, h0) if lstm else h0, x)[0]
+            return state[0] if lstm else state
+
+    return Scanned(cell)
 
 
 # --------------------------------------------------------------------------- Haiku
@@ -534,6 +642,12 @@ class HaikuRunner(_JaxData):
                     x = hk.max_pool(x, w, w, "VALID")
                 elif op[0] == "flatten":
                     x = hk.Flatten()(x)
+                elif op[0] == "reshape":
+                    x = x.reshape(x.shape[0], *op[1])
+                elif op[0] in RECURRENT:  # hk.GRU applies its reset gate before the matmul
+                    core = hk.GRU(op[1]) if op[0] == "gru" else hk.LSTM(op[1])
+                    x = hk.dynamic_unroll(core, x, core.initial_state(x.shape[0]),
+                                          time_major=False)[0][:, -1]
             return x
 
         net = hk.without_apply_rng(hk.transform(forward))
@@ -562,7 +676,8 @@ class HaikuRunner(_JaxData):
 
 
 class TorchRunner(Runner):
-    """PyTorch eager, channels first (NCHW / NCL), Adam(fused=True), 2 threads."""
+    """PyTorch eager, channels first (NCHW / NCL), Adam(fused=True), 2 threads; recurrent layers
+    are nn.GRU / nn.LSTM (batch_first) followed by the last step's output."""
 
     def prepare(self, x: np.ndarray, y: np.ndarray) -> None:
         import torch
@@ -595,6 +710,11 @@ class TorchRunner(Runner):
                 layers.append(nn.MaxPool2d(2) if len(s) == 3 else nn.MaxPool1d(2))
             elif op[0] == "flatten":
                 layers.append(nn.Flatten())
+            elif op[0] == "reshape":
+                layers.append(nn.Unflatten(1, tuple(op[1])))
+            elif op[0] in RECURRENT:
+                rnn = (nn.GRU if op[0] == "gru" else nn.LSTM)(s[-1], op[1], batch_first=True)
+                layers.append(_torch_last_step(rnn))
         self.net = nn.Sequential(*layers)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=LR, fused=True)
         self._f = torch.nn.functional
@@ -611,6 +731,21 @@ class TorchRunner(Runner):
     def epoch(self) -> None:
         for xb, yb in self.batches:
             self._step(xb, yb)
+
+
+def _torch_last_step(rnn: Any) -> Any:
+    """An nn.Module returning the last time step of `rnn`'s output, (N, H)."""
+    from torch import nn
+
+    class LastStep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x: Any) -> Any:
+            return self.rnn(x)[0][:, -1]
+
+    return LastStep()
 
 
 # --------------------------------------------------------------------------- registry

@@ -13,7 +13,11 @@ The kernels:
 - `patches`: im2col built in two passes, columns then rows;
 - `fold`: col2im as one sum of the dilated, padded slots;
 - `tiles` / `to_tiles` / `from_tiles`: pooling windows that tile the input as a reshape of it;
-- the convolutions' bias gradient as the product 1^T dout.
+- the convolutions' bias gradient as the product 1^T dout;
+- the recurrent layers' (GRU, LSTM) loops reduced to what must run step by step: the forward
+  stacks each state once (h_{t-1} is h shifted by one step), the backward loop only carries the
+  gradient back through time, and dW_h = sum_t h_{t-1}^T da_t and the bias gradients are taken
+  after it, as one matmul over all T * N rows (`recurrent_weight_grads`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from nnfun.manual.layers import (
     _conv_checks,
     _pool_window,
 )
+from nnfun.manual.recurrent import GruCache, LstmCache, _check, _output, _time_major
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -402,6 +407,193 @@ def avg_pool1d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params
     return dx[:, 0], dparams
 
 
+# --------------------------------------------------------------------------- recurrent layers
+
+
+def _shift(stacked: Array) -> Array:
+    """(T, N, H) states s_1 .. s_T -> s_0 .. s_{T-1}, with s_0 = 0."""
+    return jnp.concatenate([jnp.zeros_like(stacked[:1]), stacked[:-1]], axis=0)
+
+
+def recurrent_weight_grads(h_prev: Array, dah: Array) -> tuple[Array, Array]:
+    """(dW_h = sum_t h_{t-1}^T dah_t (H, G H), db = sum_{t, n} dah_t (G H,)) from h_prev
+    (T, N, H) and dah (T, N, G H): one (H, T N) x (T N, G H) matmul and `bias_grad`, where the
+    textbook rules add T small matmuls inside the backward loop."""
+    dah2 = dah.reshape(-1, dah.shape[-1])
+    return h_prev.reshape(-1, h_prev.shape[-1]).T @ dah2, bias_grad(dah2)
+
+
+def _input_grads(da: Array, x: Array, w_x: Array) -> tuple[Array, Array, Array]:
+    """`nnfun.manual.recurrent._input_grads` with db = 1^T da (`bias_grad`)."""
+    dx = jnp.einsum("tng,dg->ntd", da, w_x)
+    dw_x = jnp.einsum("ntd,tng->dg", x, da)
+    return dx, dw_x, bias_grad(da.reshape(-1, da.shape[-1]))
+
+
+def _reverse(step, dout: Array, t_vals: tuple[Array, ...], carry: tuple[Array, ...],
+             return_sequences: bool) -> Array:
+    """Runs ``step((dh_t, *rest), t_vals_t) -> ((dh_{t-1}, *rest), da_t)`` for t = T .. 1 from
+    `carry` (zeros) and returns da stacked (T, N, G H). The output's gradient enters as the
+    initial dh (dout (N, H) at t = T) or, with return_sequences, as one more per-step input
+    added to dh (dout (N, T, H))."""
+    if return_sequences:
+        return jax.lax.scan(lambda c, v: step((c[0] + v[0], *c[1:]), v[1:]), carry,
+                            (_time_major(dout), *t_vals), reverse=True)[1]
+    return jax.lax.scan(step, (dout, *carry[1:]), t_vals, reverse=True)[1]
+
+
+def gru_forward(params: Params, x: Array, *,
+                return_sequences: bool = False) -> tuple[Array, GruCache]:
+    """`nnfun.manual.recurrent.gru_forward` whose loop stacks (gates, ah_n, h_t) per step; the
+    cache's h_prev is h shifted by one step (the same `GruCache`).
+
+    Args:
+      params: {"w_x": (D, 3H), "w_h": (H, 3H), "b_x": (3H,), "b_h": (3H,)}.
+      x: (N, T, D).
+      return_sequences: output every h_t (N, T, H) instead of h_T (N, H).
+
+    Returns:
+      (out, cache).
+    """
+    _check("gru", params, x, 3, {"b_x", "b_h"})
+    w_h = params["w_h"]
+    xw = _time_major(x @ params["w_x"] + params["b_x"][None, None])
+    gates, ah_n, h = _gru_loop(xw, w_h, params["b_h"])
+    cache = GruCache(x, params["w_x"], w_h, _shift(h), gates, ah_n, return_sequences)
+    return _output(h, return_sequences), cache
+
+
+@jax.jit
+def _gru_loop(xw: Array, w_h: Array, b_h: Array) -> tuple[Array, Array, Array]:
+    def step(h_prev: Array, xw_t: Array):
+        ax_r, ax_z, ax_n = jnp.split(xw_t, 3, axis=-1)
+        ah_r, ah_z, ah_n = jnp.split(h_prev @ w_h + b_h[None], 3, axis=-1)
+        r, z = jax.nn.sigmoid(ax_r + ah_r), jax.nn.sigmoid(ax_z + ah_z)
+        n = jnp.tanh(ax_n + r * ah_n)
+        h = (1.0 - z) * n + z * h_prev
+        return h, (jnp.concatenate([r, z, n], -1), ah_n, h)
+
+    h0 = jnp.zeros((xw.shape[1], w_h.shape[0]), xw.dtype)
+    return jax.lax.scan(step, h0, xw)[1]
+
+
+def gru_backward(dout: Array, cache: GruCache) -> tuple[Array, Params]:
+    """`nnfun.manual.recurrent.gru_backward` (the same formulas) with only dh carried through
+    the reverse loop, which returns dax_t = (da_r, da_z, da_n); after it dah = (da_r, da_z,
+    r * da_n) and dW_h, db_h by `recurrent_weight_grads`.
+
+    Args:
+      dout: (N, H), or (N, T, H) with return_sequences.
+      cache: a `GruCache` (from either module's forward).
+
+    Returns:
+      (dx (N, T, D), {"w_x": (D, 3H), "w_h": (H, 3H), "b_x": (3H,), "b_h": (3H,)}).
+    """
+    dax = _gru_reverse_loop(dout, cache.h_prev, cache.gates, cache.ah_n, cache.w_h,
+                            cache.return_sequences)
+    hidden = cache.w_h.shape[0]
+    dah = jnp.concatenate([dax[..., :2 * hidden],
+                           dax[..., 2 * hidden:] * cache.gates[..., :hidden]], axis=-1)
+    dw_h, db_h = recurrent_weight_grads(cache.h_prev, dah)
+    dx, dw_x, db_x = _input_grads(dax, cache.x, cache.w_x)
+    return dx, {"w_x": dw_x, "w_h": dw_h, "b_x": db_x, "b_h": db_h}
+
+
+@partial(jax.jit, static_argnums=5)
+def _gru_reverse_loop(dout: Array, h_prev: Array, gates: Array, ah_n: Array, w_h: Array,
+                      return_sequences: bool) -> Array:
+    w_h_t = w_h.T
+
+    def step(carry: tuple[Array], t_vals: tuple[Array, ...]):
+        (dh,) = carry
+        h_prev_t, gates_t, ah_n_t = t_vals
+        r, z, n = jnp.split(gates_t, 3, axis=-1)
+        da_z = dh * (h_prev_t - n) * z * (1.0 - z)
+        da_n = dh * (1.0 - z) * (1.0 - n * n)
+        da_r = da_n * ah_n_t * r * (1.0 - r)
+        dah = jnp.concatenate([da_r, da_z, r * da_n], axis=-1)
+        return (dh * z + dah @ w_h_t,), jnp.concatenate([da_r, da_z, da_n], axis=-1)
+
+    zeros = jnp.zeros(h_prev.shape[1:], h_prev.dtype)
+    return _reverse(step, dout, (h_prev, gates, ah_n), (zeros,), return_sequences)
+
+
+def lstm_forward(params: Params, x: Array, *,
+                 return_sequences: bool = False) -> tuple[Array, LstmCache]:
+    """`nnfun.manual.recurrent.lstm_forward` whose loop stacks (gates, c_t, tanh(c_t)) per
+    step; h_t = o * tanh(c_t) is recomputed for all steps at once and the cache's h_prev and
+    c_prev are h and c shifted by one step (the same `LstmCache`).
+
+    Args:
+      params: {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}.
+      x: (N, T, D).
+      return_sequences: output every h_t (N, T, H) instead of h_T (N, H).
+
+    Returns:
+      (out, cache).
+    """
+    _check("lstm", params, x, 4, {"b"})
+    w_h = params["w_h"]
+    xw = _time_major(x @ params["w_x"] + params["b"][None, None])
+    gates, c, tanh_c = _lstm_loop(xw, w_h)
+    h = gates[..., 3 * w_h.shape[0]:] * tanh_c
+    cache = LstmCache(x, params["w_x"], w_h, _shift(h), _shift(c), gates, tanh_c,
+                      return_sequences)
+    return _output(h, return_sequences), cache
+
+
+@jax.jit
+def _lstm_loop(xw: Array, w_h: Array) -> tuple[Array, Array, Array]:
+    def step(carry: tuple[Array, Array], xw_t: Array):
+        h_prev, c_prev = carry
+        a_i, a_f, a_g, a_o = jnp.split(xw_t + h_prev @ w_h, 4, axis=-1)
+        i, f, g, o = (jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g),
+                      jax.nn.sigmoid(a_o))
+        c = f * c_prev + i * g
+        tanh_c = jnp.tanh(c)
+        return (o * tanh_c, c), (jnp.concatenate([i, f, g, o], -1), c, tanh_c)
+
+    h0 = jnp.zeros((xw.shape[1], w_h.shape[0]), xw.dtype)
+    return jax.lax.scan(step, (h0, h0), xw)[1]
+
+
+def lstm_backward(dout: Array, cache: LstmCache) -> tuple[Array, Params]:
+    """`nnfun.manual.recurrent.lstm_backward` (the same formulas) with only dh and dc carried
+    through the reverse loop, which returns da_t; dW_h and db by `recurrent_weight_grads` after
+    it.
+
+    Args:
+      dout: (N, H), or (N, T, H) with return_sequences.
+      cache: an `LstmCache` (from either module's forward).
+
+    Returns:
+      (dx (N, T, D), {"w_x": (D, 4H), "w_h": (H, 4H), "b": (4H,)}).
+    """
+    da = _lstm_reverse_loop(dout, cache.c_prev, cache.gates, cache.tanh_c, cache.w_h,
+                            cache.return_sequences)
+    dw_h, _ = recurrent_weight_grads(cache.h_prev, da)
+    dx, dw_x, db = _input_grads(da, cache.x, cache.w_x)
+    return dx, {"w_x": dw_x, "w_h": dw_h, "b": db}
+
+
+@partial(jax.jit, static_argnums=5)
+def _lstm_reverse_loop(dout: Array, c_prev: Array, gates: Array, tanh_c: Array, w_h: Array,
+                       return_sequences: bool) -> Array:
+    w_h_t = w_h.T
+
+    def step(carry: tuple[Array, Array], t_vals: tuple[Array, ...]):
+        dh, dc_next = carry
+        c_prev_t, gates_t, tanh_c_t = t_vals
+        i, f, g, o = jnp.split(gates_t, 4, axis=-1)
+        dc = dh * o * (1.0 - tanh_c_t * tanh_c_t) + dc_next
+        da = jnp.concatenate([dc * g * i * (1.0 - i), dc * c_prev_t * f * (1.0 - f),
+                              dc * i * (1.0 - g * g), dh * tanh_c_t * o * (1.0 - o)], axis=-1)
+        return (da @ w_h_t, dc * f), da
+
+    zeros = jnp.zeros(c_prev.shape[1:], c_prev.dtype)
+    return _reverse(step, dout, (c_prev, gates, tanh_c), (zeros, zeros), return_sequences)
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -412,10 +604,12 @@ FAST_RULES: dict[str, Rule] = {
     "max_pool2d": Rule(max_pool2d_forward, max_pool2d_backward),
     "avg_pool1d": Rule(avg_pool1d_forward, avg_pool1d_backward),
     "avg_pool2d": Rule(avg_pool2d_forward, avg_pool2d_backward),
+    "gru": Rule(gru_forward, gru_backward),
+    "lstm": Rule(lstm_forward, lstm_backward),
 }
 """The entries of `nnfun.manual.layers.RULES` that this module overrides when the model is
 asked for the fast rules: ``{**RULES, **FAST_RULES}``."""
 
 __all__ = ["FAST_RULES", "TiledMaxPoolCache", "patches", "fold", "tiles", "to_tiles",
-           "from_tiles", "bias_grad",
+           "from_tiles", "bias_grad", "recurrent_weight_grads",
            *(f"{name}_{part}" for name in FAST_RULES for part in ("forward", "backward"))]

@@ -242,3 +242,22 @@ def test_a_mnist1d_shaped_gru_trains_with_both_engines():
             losses[engine].append(float(metrics["loss"]))
         assert losses[engine][-1] < 0.8 * losses[engine][0], (engine, losses[engine])
     np.testing.assert_allclose(losses["manual"], losses["autodiff"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ('[{ name = "gru", features = 4 }, { name = "dense", features = 2 }]',
+     "gru: expects a sequence (N, T, D) but the previous layer gives (N, 2); add a 'reshape'"),
+    ('[{ name = "reshape", shape = [2, 1] }, { name = "lstm" }, { name = "dense", features = 2 }]',
+     "layer 'lstm': missing required argument 'features'"),
+])
+def test_a_misfit_recurrent_config_is_exit_2_with_one_line(tmp_path, capsys, layers, expected):
+    from nnfun.cli import main
+
+    (tmp_path / "seq.toml").write_text(
+        f'[data]\nname = "xor"\n[model]\nname = "sequential"\nlayers = {layers}\n'
+        '[loss]\nname = "softmax_cross_entropy"\n[optimizer]\nname = "adam"\n'
+        'learning_rate = 0.01\n[training]\nbatch_size = 4\n')
+    assert main(["train", str(tmp_path / "seq.toml"), "--out", str(tmp_path / "r"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "seq.toml" in err, err
+    assert not (tmp_path / "r").exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -336,75 +337,36 @@ def avg_pool2d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params
     return fold(jnp.broadcast_to(per_window, (*dout.shape[:3], kh * kw, dout.shape[3])), g), {}
 
 
-def max_pool1d_forward(params: Params, x: Array, *, window: int = 2, stride: int | None = None,
-                       padding: str = "VALID") -> tuple[Array, MaxPoolCache | TiledMaxPoolCache]:
-    """`max_pool2d_forward` of this module on a unit height.
+def _on_unit_height(name: str, pool: Any, backward_2d: Any) -> tuple[Any, Any]:
+    """The 1-D forward and backward of a pool of this module: its 2-D rule on a unit height,
+    (N, L, C) <-> (N, 1, L, C)."""
 
-    Args:
-      params: {}.
-      x: (N, L, C).
-      window: int K.
-      stride: int; None means the window.
-      padding: "VALID" or "SAME" (XLA's).
+    def forward(params: Params, x: Array, *, window: int = 2, stride: int | None = None,
+                padding: str = "VALID") -> tuple[Array, Any]:
+        check_no_params(name, params)
+        check_ndim(name, "x", x, 3, "(N, L, C)")
+        out, cache = pool(x[:, None], _pool_window(name, x[:, None], 1, window, stride,
+                                                   padding))
+        return out[:, 0], cache
 
-    Returns:
-      (out (N, OL, C), cache).
-    """
-    check_no_params("max_pool1d", params)
-    check_ndim("max_pool1d", "x", x, 3, "(N, L, C)")
-    out, cache = _max_pool(x[:, None], _pool_window("max_pool1d", x[:, None], 1, window,
-                                                    stride, padding))
-    return out[:, 0], cache
+    def backward(dout: Array, cache: Any) -> tuple[Array, Params]:
+        dx, dparams = backward_2d(dout[:, None], cache)
+        return dx[:, 0], dparams
 
-
-def max_pool1d_backward(dout: Array,
-                        cache: MaxPoolCache | TiledMaxPoolCache) -> tuple[Array, Params]:
-    """`max_pool2d_backward` of this module on a unit height.
-
-    Args:
-      dout: (N, OL, C) upstream gradient.
-      cache: from this module's `max_pool1d_forward`.
-
-    Returns:
-      (dx (N, L, C), {}).
-    """
-    dx, dparams = max_pool2d_backward(dout[:, None], cache)
-    return dx[:, 0], dparams
+    kind = name.split("_")[0]
+    forward.__name__, backward.__name__ = f"{name}_forward", f"{name}_backward"
+    forward.__doc__ = (f"`{kind}_pool2d_forward` of this module on a unit height: x (N, L, C) "
+                       f"-> (out (N, OL, C), cache); window K, stride (None: K), padding "
+                       f"'VALID' or 'SAME'.")
+    backward.__doc__ = (f"`{kind}_pool2d_backward` of this module on a unit height: dout "
+                        f"(N, OL, C) -> (dx (N, L, C), {{}}).")
+    return forward, backward
 
 
-def avg_pool1d_forward(params: Params, x: Array, *, window: int = 2, stride: int | None = None,
-                       padding: str = "VALID") -> tuple[Array, AvgPoolCache]:
-    """`avg_pool2d_forward` of this module on a unit height.
-
-    Args:
-      params: {}.
-      x: (N, L, C).
-      window: int K.
-      stride: int; None means the window.
-      padding: "VALID" or "SAME" (XLA's).
-
-    Returns:
-      (out (N, OL, C), cache).
-    """
-    check_no_params("avg_pool1d", params)
-    check_ndim("avg_pool1d", "x", x, 3, "(N, L, C)")
-    out, cache = _avg_pool(x[:, None], _pool_window("avg_pool1d", x[:, None], 1, window,
-                                                    stride, padding))
-    return out[:, 0], cache
-
-
-def avg_pool1d_backward(dout: Array, cache: AvgPoolCache) -> tuple[Array, Params]:
-    """`avg_pool2d_backward` of this module on a unit height.
-
-    Args:
-      dout: (N, OL, C) upstream gradient.
-      cache: from `avg_pool1d_forward`.
-
-    Returns:
-      (dx (N, L, C), {}).
-    """
-    dx, dparams = avg_pool2d_backward(dout[:, None], cache)
-    return dx[:, 0], dparams
+max_pool1d_forward, max_pool1d_backward = _on_unit_height("max_pool1d", _max_pool,
+                                                          max_pool2d_backward)
+avg_pool1d_forward, avg_pool1d_backward = _on_unit_height("avg_pool1d", _avg_pool,
+                                                          avg_pool2d_backward)
 
 
 # --------------------------------------------------------------------------- recurrent layers

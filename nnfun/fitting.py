@@ -70,7 +70,8 @@ def model_section(model: Model) -> dict[str, Any]:
         return [plain(i) for i in v] if isinstance(v, (tuple, list)) else v
 
     return {"name": "sequential", "layers": [
-        {"name": s.name, **{k: plain(v) for k, v in {**s.init_kwargs, **s.apply_kwargs}.items()}}
+        {"name": s.name, **{k: plain(v) for k, v in {**s.init_kwargs, **s.apply_kwargs}.items()},
+         **({} if s.tie is None else {"tie": s.tie})}
         for s in model.layers]}
 
 

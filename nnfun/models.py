@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from nnfun.layers import LAYERS, Layer, get_layer, init_layer
-from nnfun.spec import LayerSpec
+from nnfun.spec import LayerSpec, with_tied_weights
 
 __all__ = ["Model", "available_layers", "layer_arguments", "layer", "sequential", "init_model",
            "model_apply", "param_count", "default_w_init", "mlp", "cnn", "autoencoder",
@@ -57,13 +57,20 @@ def _required(entry: Layer) -> set[str]:
             if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in ("dtype",)}
 
 
-def layer(name: str, **kwargs: Any) -> LayerSpec:
+def layer(name: str, *, tie: int | None = None, **kwargs: Any) -> LayerSpec:
     """Builds a `LayerSpec`, sorting `kwargs` into initialiser and apply arguments.
+
+    Args:
+      tie: for a layer with a weight ``w`` (dense): the index of an earlier such layer whose
+        weight, transposed, this one uses (tied weights; see `LayerSpec.tie`).
 
     Raises:
       ValueError: for an unknown layer, an unknown argument, or a missing required one
         (``features`` of dense, ``drop_rate`` of dropout).
     """
+    if tie is not None and (isinstance(tie, bool) or not isinstance(tie, int) or tie < 0):
+        raise ValueError(f"layer {name!r}: tie must be the index of an earlier layer, got "
+                         f"{tie!r}")
     init_keys, apply_keys = layer_arguments(name)
     unknown = set(kwargs) - init_keys - apply_keys
     if unknown:
@@ -74,7 +81,7 @@ def layer(name: str, **kwargs: Any) -> LayerSpec:
         raise ValueError(f"layer {name!r}: missing required argument {sorted(missing)[0]!r}")
     return LayerSpec.make(name, {k: v for k, v in kwargs.items() if k in init_keys},
                           {k: v for k, v in kwargs.items() if k in apply_keys},
-                          stochastic=LAYERS[name].stochastic)
+                          stochastic=LAYERS[name].stochastic, tie=tie)
 
 
 def _as_spec(item: LayerSpec | str | tuple | Mapping[str, Any]) -> LayerSpec:
@@ -150,9 +157,27 @@ def init_model(key: Array, layers: Sequence[LayerSpec], input_shape: Sequence[in
         except (ValueError, TypeError) as e:
             raise ValueError(f"layers[{i}] ({spec.name}) with input shape (N, "
                              f"{', '.join(map(str, shape))}): {e}") from None
-        params.append(p)
+        params.append(_untie(layers, i, p, params))
         shape = shape_out
     return params
+
+
+def _untie(layers: Sequence[LayerSpec], i: int, p: dict[str, Any],
+           earlier: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Layer i's own parameters: without ``w`` when it is tied to an earlier layer's weight
+    (checked to exist with the transposed shape); a one-line ValueError otherwise."""
+    tie = layers[i].tie
+    if tie is None:
+        return p
+    where = f"layers[{i}] ({layers[i].name}) tie={tie}"
+    if tie >= i or "w" not in p or "w" not in earlier[tie]:
+        raise ValueError(f"{where}: expected an earlier layer with a weight w, in a layer "
+                         f"with one")
+    want, found = tuple(p["w"].shape), tuple(earlier[tie]["w"].shape)
+    if found != want[::-1]:
+        raise ValueError(f"{where}: layers[{tie}].w has shape {found}; tying needs its "
+                         f"transpose to be this layer's {want}")
+    return {k: v for k, v in p.items() if k != "w"}
 
 
 def model_apply(params: Params, x: Array, layers: Sequence[LayerSpec], *,
@@ -168,7 +193,7 @@ def model_apply(params: Params, x: Array, layers: Sequence[LayerSpec], *,
     if len(params) != len(layers):
         raise ValueError(f"params: expected {len(layers)} entries (one per layer), "
                          f"got {len(params)}")
-    for i, (spec, p) in enumerate(zip(layers, params)):
+    for i, (spec, p) in enumerate(zip(layers, with_tied_weights(layers, params))):
         k = None
         if spec.stochastic and train and key is not None:
             k = jax.random.fold_in(key, i)
@@ -251,7 +276,8 @@ def cnn(conv: Sequence[int], dense: Sequence[int], out: int, *, kernel_size: int
 def autoencoder(features: int, encoder: Sequence[int], code: int, *,
                 activation: str = "relu", code_activation: str | None = None,
                 out_activation: str | None = None, noise_stddev: float = 0.0,
-                flatten: bool = False, w_init: Any = None, b_init: Any = "zeros") -> Model:
+                tied: bool = False, flatten: bool = False, w_init: Any = None,
+                b_init: Any = "zeros") -> Model:
     """A dense autoencoder: [gaussian_noise] [-> flatten] -> encoder (dense -> activation per
     entry of `encoder`) -> dense(code) [-> code_activation] -> decoder (the encoder's widths in
     reverse, dense -> activation) -> dense(features) [-> out_activation].
@@ -270,21 +296,31 @@ def autoencoder(features: int, encoder: Sequence[int], code: int, *,
       noise_stddev: > 0 makes a denoising autoencoder: Gaussian noise of this standard
         deviation is added to the input in training only (the ``gaussian_noise`` layer); the
         target stays the clean input.
+      tied: each decoder dense layer uses the transposed weight of the encoder layer it
+        mirrors (``LayerSpec.tie``) and owns only its bias: about half the weights.
       flatten: put a flatten layer before the encoder (image inputs).
       w_init, b_init: initialisers of every weight and bias; w_init by
         `default_w_init(activation)` when None.
     """
     w_init = w_init or default_w_init(activation)
-    dense = lambda n: layer("dense", features=int(n), w_init=w_init, b_init=b_init)  # noqa: E731
     specs: list[LayerSpec] = [layer("gaussian_noise", stddev=float(noise_stddev))] \
         if noise_stddev else []
     specs += [layer("flatten")] if flatten else []
+    mirrored: list[int] = []  # the encoder's dense layers, bottleneck last
+
+    def dense(width: int, role: str) -> LayerSpec:
+        tie = mirrored.pop() if tied and role == "decoder" else None
+        if role == "encoder":
+            mirrored.append(len(specs))
+        return layer("dense", features=int(width), w_init=w_init, b_init=b_init, tie=tie)
+
     for width in encoder:
-        specs += [dense(width), layer(activation)]
-    specs += [dense(code)] + ([layer(code_activation)] if code_activation else [])
+        specs += [dense(width, "encoder"), layer(activation)]
+    specs.append(dense(code, "encoder"))
+    specs += [layer(code_activation)] if code_activation else []
     for width in reversed(encoder):
-        specs += [dense(width), layer(activation)]
-    specs.append(dense(features))
+        specs += [dense(width, "decoder"), layer(activation)]
+    specs.append(dense(features, "decoder"))
     if out_activation:
         specs.append(layer(out_activation))
     return Model(tuple(specs))
@@ -331,5 +367,6 @@ def summary(layers: Sequence[LayerSpec], input_shape: Sequence[int],
             raise ValueError(f"layers[{i}] ({spec.name}) with input shape (N, "
                              f"{', '.join(map(str, shape))}): {e}") from None
         shape = found["shape"]
-        rows.append((spec.name, shape, param_count(structs)))
+        own = {k: v for k, v in structs.items() if spec.tie is None or k != "w"}
+        rows.append((spec.name, shape, param_count(own)))
     return rows

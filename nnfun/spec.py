@@ -16,9 +16,10 @@ agree. `nnfun.models.layer` fills the spec in from the layer table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["LayerSpec", "LossSpec", "RegSpec", "is_weight_path"]
+__all__ = ["LayerSpec", "LossSpec", "RegSpec", "is_weight_path", "with_tied_weights"]
 
 
 def _freeze(kwargs: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -44,18 +45,22 @@ class LayerSpec(NamedTuple):
       init_args: frozen keyword arguments of the initialiser (sorted ``(key, value)`` pairs).
       apply_args: frozen keyword arguments of the forward computation.
       stochastic: the layer draws random numbers and takes ``key`` and ``train``.
+      tie: the index of an earlier layer whose weight ``w``, transposed, this layer uses as
+        its own (tied weights, as in an autoencoder whose decoder mirrors its encoder); the
+        layer then owns its other parameters only (`with_tied_weights`).
     """
 
     name: str
     init_args: tuple[tuple[str, Any], ...] = ()
     apply_args: tuple[tuple[str, Any], ...] = ()
     stochastic: bool = False
+    tie: int | None = None
 
     @classmethod
     def make(cls, name: str, init: dict | None = None, apply: dict | None = None, *,
-             stochastic: bool = False) -> LayerSpec:
+             stochastic: bool = False, tie: int | None = None) -> LayerSpec:
         """A spec from plain dicts of initialiser and apply keyword arguments."""
-        return cls(name, _freeze(init), _freeze(apply), stochastic)
+        return cls(name, _freeze(init), _freeze(apply), stochastic, tie)
 
     @property
     def init_kwargs(self) -> dict[str, Any]:
@@ -88,6 +93,14 @@ class RegSpec(NamedTuple):
     @classmethod
     def make(cls, name: str, **kwargs: Any) -> RegSpec:
         return cls(name, _freeze(kwargs))
+
+
+def with_tied_weights(layers: Sequence[LayerSpec], params: Sequence[Any]) -> list[Any]:
+    """The parameters each layer computes with: a tied layer (``spec.tie = j``) gets
+    ``w = params[j]["w"].T`` beside its own entries; the others their own dict. Both gradient
+    paths run the model on this list, so a tied weight has two uses, whose gradients add."""
+    return [p if spec.tie is None else {**p, "w": params[spec.tie]["w"].T}
+            for spec, p in zip(layers, params)]
 
 
 def is_weight_path(path: tuple[Any, ...]) -> bool:

@@ -159,3 +159,48 @@ def test_fit_trains_a_reconstruction_without_labels(tmp_path):
         nnfun.fit(autoencoder(64, [16], 2), (ds.x_train, None), task="reconstruction",
                   loss="mean_squared_error", epochs=1, run_dir=tmp_path / "bad",
                   quiet=True, dispatch="sideways")
+
+
+def test_a_tied_autoencoder_shares_its_weights_and_checks_three_ways():
+    from nnfun.gradcheck import check_gradients
+    from nnfun.models import param_count, summary
+    from nnfun.spec import LossSpec
+
+    untied, tied = autoencoder(6, [4], 2), autoencoder(6, [4], 2, tied=True)
+    assert [s.tie for s in tied.layers] == [None, None, None, 2, None, 0]
+    with jax.enable_x64(True):
+        params = tied.init(jax.random.PRNGKey(0), (6,), jnp.float64)
+        assert [sorted(p) for p in params] == [["b", "w"], [], ["b", "w"], ["b"], [], ["b"]]
+        full = untied.init(jax.random.PRNGKey(0), (6,), jnp.float64)
+        assert param_count(params) == param_count(full) - (6 * 4 + 4 * 2)
+        assert sum(r[2] for r in summary(tied.layers, (6,))) == param_count(params)
+        x = jax.random.uniform(jax.random.PRNGKey(1), (5, 6), jnp.float64)
+        # the decoder computes with the encoder's weights, transposed
+        b = [p["b"][None] if "b" in p else None for p in params]
+        h = jax.nn.relu(x @ params[0]["w"] + b[0]) @ params[2]["w"] + b[2]
+        h = jax.nn.relu(h @ params[2]["w"].T + b[3])
+        np.testing.assert_allclose(tied.apply(params, x), h @ params[0]["w"].T + b[5],
+                                   rtol=1e-12)
+        report = check_gradients(tied.layers, LossSpec.make("mean_squared_error"), params, x,
+                                 x)
+    assert report.passed, str(report)
+
+
+def test_a_tie_to_a_weight_of_the_wrong_shape_is_one_line():
+    model = nnfun.models.sequential([{"name": "dense", "features": 3},
+                                     {"name": "dense", "features": 5, "tie": 0}])
+    with pytest.raises(ValueError, match=r"^layers\[1\] \(dense\) tie=0: layers\[0\]\.w has "
+                                         r"shape \(4, 3\); tying needs its transpose to be "
+                                         r"this layer's \(3, 5\)$"):
+        model.init(jax.random.PRNGKey(0), (4,))
+    with pytest.raises(ValueError, match="tie must be the index of an earlier layer"):
+        nnfun.models.layer("dense", features=2, tie=-1)
+
+
+def test_a_tied_autoencoder_trains_from_a_config(tmp_path, capsys):
+    config = _config(tmp_path, "tied = true")
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_params"] == 64 * 16 + 16 + 16 * 2 + 2 + 16 + 64
+    assert summary["test_reconstruction_error"] < float(np.mean(load_digits(flatten=True)
+                                                               .x_test ** 2))

@@ -23,7 +23,7 @@ from nnfun.manual.fast import FAST_RULES
 from nnfun.manual.layers import RULES, Rule
 from nnfun.manual.losses import LOSS_RULES
 from nnfun.manual.regularizers import REG_RULES
-from nnfun.spec import LayerSpec, LossSpec, RegSpec
+from nnfun.spec import LayerSpec, LossSpec, RegSpec, with_tied_weights
 
 __all__ = ["forward", "backward", "value_and_grad", "implemented_layers", "loss_names",
            "regularizer_names"]
@@ -91,7 +91,7 @@ def forward(layers: Sequence[LayerSpec], params: Params, x: Array, *, key: Array
                          f"got {len(params)}")
     table = _layer_rules(fast)
     caches = []
-    for i, (spec, p) in enumerate(zip(layers, params)):
+    for i, (spec, p) in enumerate(zip(layers, with_tied_weights(layers, params))):
         rule = _lookup(table, "layer", spec.name)
         x, cache = rule.forward(p, x, **_layer_kwargs(spec, i, key, train))
         caches.append(cache)
@@ -117,7 +117,17 @@ def backward(layers: Sequence[LayerSpec], dout: Array, caches: Sequence[Any], *,
     grads: Params = [{} for _ in layers]
     for i in reversed(range(len(layers))):
         dout, grads[i] = _lookup(table, "layer", layers[i].name).backward(dout, caches[i])
-    return dout, grads
+    return dout, _fold_tied(layers, grads)
+
+
+def _fold_tied(layers: Sequence[LayerSpec], grads: Params) -> Params:
+    """A tied weight (layer i computes with w_j^T, `LayerSpec.tie` = j) has two uses, and the
+    gradients of a value's uses add (the copy gate): dw_j += (dw_i)^T, and layer i owns no w."""
+    grads = [dict(g) for g in grads]
+    for i, spec in enumerate(layers):
+        if spec.tie is not None:
+            grads[spec.tie]["w"] = grads[spec.tie]["w"] + grads[i].pop("w").T
+    return grads
 
 
 def _like(params: Sequence[Any], grads: Sequence[Any]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -257,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nnfun` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     _compilation_cache()
+    logging.getLogger("absl").addFilter(_PEER_LOST_FILTER)  # once: the same object
     from nnfun.config import ConfigError
     from nnfun.data import DataError
     from nnfun.run import RunError, UserError
@@ -297,6 +299,18 @@ def _peer_lost(e: BaseException) -> bool:
     jax = sys.modules.get("jax")
     return (jax is not None and jax.process_count() > 1
             and any(s in str(e) for s in _PEER_LOST))
+
+
+class _PeerLostFilter(logging.Filter):
+    """Drops a library's log record of a lost peer (orbax logs its background threads'
+    exceptions with their traceback): the main thread reports it, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not _peer_lost(exc)
+
+
+_PEER_LOST_FILTER = _PeerLostFilter()
 
 
 if __name__ == "__main__":

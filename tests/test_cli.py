@@ -203,3 +203,24 @@ def test_the_readme_main_job_reaches_its_target(tmp_path):
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["reached_target"] is True and summary["test_accuracy"] >= 0.945
+
+
+def test_a_lost_peer_logged_by_a_library_thread_is_left_to_the_one_line(monkeypatch, caplog):
+    """orbax logs its background threads' exceptions with a traceback; when the exception is a
+    lost peer of a multi-process run, the CLI's one line says it instead."""
+    import logging
+
+    import jax
+
+    from nnfun import cli
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    logger = logging.getLogger("absl")
+    logger.addFilter(cli._PEER_LOST_FILTER)
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        for text in ("Gloo AllGather failed: Connection reset by peer", "disk full"):
+            try:
+                raise ValueError(text)
+            except ValueError:
+                logger.exception("_SignalingThread.run() raised an exception")
+    assert [r.exc_info[1].args[0] for r in caplog.records] == ["disk full"]
